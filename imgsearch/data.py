@@ -1,0 +1,119 @@
+"""Collections: CIFAR-10 through torchvision, or any folder of images.
+
+A collection is held in memory as row-aligned arrays: row i of `pixels` is item i,
+`labels[i]` its class (-1 where unknown) and `paths[i]` its file (None for CIFAR-10,
+whose items live inside an archive). Everything downstream keeps that row order.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .images import ImageError, to_pixels
+
+DATA_DIR = Path(os.environ.get("IMGSEARCH_DATA_DIR", "data"))  # downloads and built artifacts
+OFFLINE_HINT = "../shared/datasets/cifar10-jpg/train"  # where this project's offline copy lives
+
+
+class CollectionError(RuntimeError):
+    """A collection that cannot be loaded; the message says what to do instead."""
+
+
+@dataclass
+class Collection:
+    spec: str  # how to load it again: "cifar10", "cifar10:test" or a folder path
+    pixels: np.ndarray  # (N, 32, 32, 3) uint8
+    labels: np.ndarray  # (N,) int64, -1 where the item has no class
+    classes: list[str]  # labels index into this; empty for a flat folder
+    paths: list[str | None]  # the item's own file, or None
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why) not loaded
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    @property
+    def has_labels(self) -> bool:
+        return bool(self.classes) and bool((self.labels >= 0).any())
+
+    def label_name(self, i: int) -> str | None:
+        lab = int(self.labels[i])
+        return self.classes[lab] if lab >= 0 else None
+
+    def subset(self, n: int, seed: int = 0) -> "Collection":
+        """A random subset of n items (in their original order), for quick runs."""
+        if n >= len(self):
+            return self
+        rows = np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False))
+        return Collection(self.spec, self.pixels[rows], self.labels[rows], self.classes,
+                          [self.paths[i] for i in rows], self.skipped)
+
+
+def load_collection(spec: str = "cifar10", *, progress: bool = True) -> Collection:
+    """"cifar10" / "cifar10:train" / "cifar10:test", or a folder of images."""
+    if spec.startswith("cifar10") and not Path(spec).exists():
+        split = spec.partition(":")[2] or "train"
+        if split not in ("train", "test"):
+            raise CollectionError(f"Unknown CIFAR-10 split {split!r}: use cifar10:train or cifar10:test.")
+        return load_cifar10(split)
+    return load_folder(spec, progress=progress)
+
+
+def load_cifar10(split: str = "train", root: str | os.PathLike = DATA_DIR) -> Collection:
+    """The real CIFAR-10, downloaded by torchvision into `root` the first time."""
+    from torchvision.datasets import CIFAR10
+
+    try:
+        ds = CIFAR10(root=str(root), train=(split == "train"), download=True)
+    except Exception as e:  # no network shows up as URLError, socket errors or RuntimeError
+        raise CollectionError(
+            f"CIFAR-10 could not be downloaded into {root}/ ({type(e).__name__}); without a network, "
+            f"point --data at a local folder of images instead, e.g. --data {OFFLINE_HINT}."
+        ) from None
+    spec = "cifar10" if split == "train" else "cifar10:test"
+    labels = np.asarray(ds.targets, dtype=np.int64)
+    return Collection(spec, np.ascontiguousarray(ds.data), labels, list(ds.classes), [None] * len(labels))
+
+
+def _list_files(root: Path) -> list[Path]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
+    return files
+
+
+def load_folder(root: str | os.PathLike, *, progress: bool = True) -> Collection:
+    """Every readable image under `root`; the first subfolder under root names the class.
+
+    Unreadable and non-image files are skipped and listed in `skipped`: one bad file
+    never aborts a large build.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise CollectionError(
+            f"{root} is not a folder; use --data cifar10 or a folder of images "
+            f"(offline: --data {OFFLINE_HINT})."
+        )
+    files = _list_files(root)
+    in_subfolder = [len(f.relative_to(root).parts) > 1 for f in files]
+    classes = sorted({f.relative_to(root).parts[0] for f, sub in zip(files, in_subfolder) if sub})
+    class_index = {c: i for i, c in enumerate(classes)}
+
+    pixels, labels, paths, skipped = [], [], [], []
+    for f, sub in tqdm(list(zip(files, in_subfolder)), desc=f"reading {root.name or root}",
+                       unit="img", disable=not progress, mininterval=0.5):
+        try:
+            pixels.append(to_pixels(f))
+        except ImageError as e:
+            skipped.append((str(f), str(e)))
+            continue
+        labels.append(class_index[f.relative_to(root).parts[0]] if sub else -1)
+        paths.append(str(f.resolve()))
+    if not pixels:
+        raise CollectionError(f"{root} holds no readable images ({len(skipped)} files skipped).")
+    pix = np.stack(pixels)
+    return Collection(str(root.resolve()), pix, np.asarray(labels, dtype=np.int64), classes, paths, skipped)

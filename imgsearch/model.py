@@ -1,0 +1,168 @@
+"""The convolutional auto-encoder: 32x32x3 image -> 256-d code -> 32x32x3 image.
+
+Encoder: conv + batch-norm + ReLU blocks, max-pooling to halve the resolution 32 -> 16 -> 8 -> 4,
+then a linear layer to the code. Decoder: a linear layer back to 4x4 feature maps, then
+transposed convolutions ("deconvolution") doubling the resolution 4 -> 8 -> 16 -> 32.
+The code is the only path from encoder to decoder: no skip connections.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .images import PREPROCESSING
+
+
+@dataclass
+class ModelArgs:
+    code_dim: int = 256  # Krizhevsky & Hinton's code length for 32x32 images
+    width: int = 32  # channels of the first block; each pooling doubles them (32-64-128-256)
+    proj_dim: int = 128  # the contrastive head's output; training only, never part of the code
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class ConvAutoEncoder(nn.Module):
+    def __init__(self, args: ModelArgs | None = None, **kwargs):
+        super().__init__()
+        self.args = args or ModelArgs(**kwargs)
+        w, d = self.args.width, self.args.code_dim
+        self.encoder = nn.Sequential(
+            _block(3, w), nn.MaxPool2d(2),  # (B, w, 16, 16)
+            _block(w, 2 * w), nn.MaxPool2d(2),  # (B, 2w, 8, 8)
+            _block(2 * w, 4 * w), nn.MaxPool2d(2),  # (B, 4w, 4, 4)
+            _block(4 * w, 8 * w),  # (B, 8w, 4, 4)
+            nn.Flatten(),
+            nn.Linear(8 * w * 16, d),
+            # Centres and scales every code dimension, so angular distance compares
+            # directions around the collection's mean instead of all codes pointing one way.
+            nn.BatchNorm1d(d, affine=False),
+        )
+        self.decoder_in = nn.Sequential(nn.Linear(d, 4 * w * 16), nn.ReLU(inplace=True))
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(4 * w, 2 * w, 4, stride=2, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(inplace=True),  # 8x8
+            nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1), nn.BatchNorm2d(w), nn.ReLU(inplace=True),  # 16x16
+            nn.ConvTranspose2d(w, 3, 4, stride=2, padding=1),  # 32x32; no conv at full size: it would cost
+            nn.Sigmoid(),  # pixels in [0, 1]                    more than the rest of the decoder
+        )
+        # Contrastive projection head (SimCLR): invariance is asked of its output, so the
+        # code itself can stay informative enough for the decoder to rebuild the image.
+        self.projector = nn.Sequential(nn.Linear(d, 512), nn.ReLU(inplace=True), nn.Linear(512, self.args.proj_dim))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 32, 32) in [0, 1] -> (B, code_dim)."""
+        return self.encoder(x)
+
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        """(B, code_dim) -> (B, 3, 32, 32) in [0, 1]."""
+        h = self.decoder_in(code).view(len(code), 4 * self.args.width, 4, 4)
+        return self.decoder(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def project(self, code: torch.Tensor) -> torch.Tensor:
+        return self.projector(code)
+
+
+def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """(B, 32, 32, 3) uint8 -> (B, 3, 32, 32) float in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def tensor_to_pixels(x: torch.Tensor) -> np.ndarray:
+    """(B, 3, 32, 32) in [0, 1] -> (B, 32, 32, 3) uint8."""
+    return x.clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def encode_pixels(model: ConvAutoEncoder, pixels: np.ndarray, *, batch_size: int = 1024,
+                  progress: bool = False) -> np.ndarray:
+    """(N, 32, 32, 3) uint8 -> (N, code_dim) float32 codes, in batches."""
+    model.eval()
+    out = np.empty((len(pixels), model.args.code_dim), dtype=np.float32)
+    for start in tqdm(range(0, len(pixels), batch_size), desc="encoding", unit="batch",
+                      disable=not progress, mininterval=0.5):
+        batch = pixels_to_tensor(pixels[start:start + batch_size])
+        out[start:start + len(batch)] = model.encode(batch).numpy()
+    return out
+
+
+@torch.no_grad()
+def reconstruct(model: ConvAutoEncoder, pixels: np.ndarray) -> np.ndarray:
+    """Encode then decode: what the code keeps of each image, as uint8 pixels."""
+    model.eval()
+    return tensor_to_pixels(model(pixels_to_tensor(pixels)))
+
+
+# ---- checkpoints ---------------------------------------------------------------------------
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message says why."""
+
+
+def save_checkpoint(model: ConvAutoEncoder, path: str | Path, *, trained_on: dict, losses: dict,
+                    train_args: dict) -> str:
+    """Write a self-describing checkpoint; returns its fingerprint."""
+    ckpt = {
+        "format": "imgsearch-autoencoder-v1",
+        "model_args": asdict(model.args),
+        "preprocessing": PREPROCESSING,
+        "trained_on": trained_on,
+        "train_args": train_args,
+        "losses": losses,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(path)
+    return fingerprint(path)
+
+
+def fingerprint(path: str | Path) -> str:
+    """sha256 of the checkpoint file: which exact model made a set of codes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def load_checkpoint(path: str | Path) -> tuple[ConvAutoEncoder, dict]:
+    """Load safely (weights_only: a checkpoint is user input); returns (model in eval mode, info)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"No checkpoint at {path}; train one with scripts/train.py.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable imgsearch checkpoint ({type(e).__name__}).") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "imgsearch-autoencoder-v1":
+        raise CheckpointError(f"{path} is not an imgsearch auto-encoder checkpoint.")
+    if ckpt.get("preprocessing", {}).get("size") != PREPROCESSING["size"]:
+        raise CheckpointError(f"{path} expects {ckpt['preprocessing'].get('size')}px inputs, this code makes "
+                              f"{PREPROCESSING['size']}px.")
+    try:
+        model = ConvAutoEncoder(ModelArgs(**ckpt["model_args"]))
+        model.load_state_dict(ckpt["state_dict"])
+    except (TypeError, RuntimeError, KeyError) as e:
+        raise CheckpointError(f"{path} does not match the model its arguments describe ({_first_line(e)}).") from None
+    model.eval()
+    info = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    info["fingerprint"] = fingerprint(path)
+    info["path"] = str(path)
+    return model, info
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().split("\n")[0][:200]
