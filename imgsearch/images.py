@@ -44,9 +44,13 @@ def load_image(source) -> Image.Image:
         with open(path, "rb") as f:
             data = f.read()
         name = path.name
+    elif isinstance(source, (bytes, bytearray)):
+        data, name = bytes(source), "The image"
+    elif hasattr(source, "read"):
+        data = source.getvalue() if hasattr(source, "getvalue") else source.read()
+        name = getattr(source, "name", "The upload")
     else:
-        data = source if isinstance(source, (bytes, bytearray)) else source.read()
-        name = getattr(source, "name", "the upload")
+        raise ImageError(f"A {type(source).__name__} is not an image, a file or a path.")
     if len(data) == 0:
         raise ImageError(f"{name} is empty.")
     if len(data) > MAX_BYTES:
@@ -113,6 +117,15 @@ def to_pixels(source) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).copy()
 
 
-def upscale(pixels: np.ndarray, size: int = 256) -> Image.Image:
-    """Show a 32x32 image large with nearest-neighbour, so its pixels stay crisp."""
-    return Image.fromarray(pixels).resize((size, size), Image.Resampling.NEAREST)
+def upscale(pixels: np.ndarray, size: int = 256, frame: tuple | None = None) -> Image.Image:
+    """Show a 32x32 image large with nearest-neighbour, so its pixels stay crisp.
+
+    `frame` draws a coloured border (e.g. green for "same class as the query").
+    """
+    img = Image.fromarray(np.asarray(pixels)).resize((size, size), Image.Resampling.NEAREST)
+    if frame is not None:
+        border = max(3, size // 24)
+        framed = Image.new("RGB", (size + 2 * border, size + 2 * border), frame)
+        framed.paste(img, (border, border))
+        img = framed
+    return img

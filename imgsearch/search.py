@@ -39,6 +39,12 @@ class Results:
     pixel: list[Hit]
     code: list[Hit]
 
+    def agreement(self, label: str | None) -> dict[str, int] | None:
+        """How many hits in each space share the query's class; None when it has none."""
+        if label is None:
+            return None
+        return {space: sum(h.label == label for h in hits) for space, hits in (("pixel", self.pixel), ("code", self.code))}
+
     def to_dict(self) -> dict:
         return {"pixel": [h.to_dict() for h in self.pixel], "code": [h.to_dict() for h in self.code]}
 
@@ -47,20 +53,26 @@ class PixelSearch:
     """Exact Euclidean search over the flattened pixels, as one matrix-vector product.
 
     ||q - x||^2 = ||x||^2 - 2 q.x + ||q||^2: the database term is precomputed, so a query
-    reads the database once and makes no temporaries of its size.
+    reads the database once and makes no temporaries of its size. That form loses precision
+    in float32 for near-identical images, so a short list is re-ranked on exact differences.
     """
 
+    RERANK = 32  # extra candidates re-ranked exactly; near-ties beyond this are far below pixel noise
+
     def __init__(self, pixels: np.ndarray):
-        n = len(pixels)
-        self.data = torch.from_numpy(np.asarray(pixels).reshape(n, -1)).float().div_(255.0)
+        self.pixels = np.asarray(pixels).reshape(len(pixels), -1)
+        self.data = torch.from_numpy(self.pixels.astype(np.float32)).div_(255.0)
         self.sq_norms = (self.data * self.data).sum(1)
 
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        qv = torch.from_numpy(q.reshape(-1).astype(np.float32) / 255.0)
-        d2 = self.sq_norms - 2.0 * (self.data @ qv) + qv.dot(qv)
-        k = min(k, len(d2))
-        top = torch.topk(d2, k, largest=False, sorted=True)
-        return top.indices.numpy(), top.values.clamp_(min=0).sqrt_().numpy()
+        q = q.reshape(-1)
+        qv = torch.from_numpy(q.astype(np.float32) / 255.0)
+        d2 = self.sq_norms - 2.0 * (self.data @ qv)
+        shortlist = torch.topk(d2, min(k + self.RERANK, len(d2)), largest=False, sorted=True).indices.numpy()
+        diff = self.pixels[shortlist].astype(np.float32) - q.astype(np.float32)
+        exact = np.sqrt((diff * diff).sum(1)) / 255.0
+        order = np.argsort(exact, kind="stable")[:k]
+        return shortlist[order], exact[order]
 
 
 class Index:
@@ -102,8 +114,8 @@ class Index:
             raise IndexLoadError(f"The index was built from {meta['preprocessing'].get('size')}px images; "
                                  f"this version uses {PREPROCESSING['size']}px: rebuild it.")
         try:
-            codes = np.load(path / "codes.npy", mmap_mode="r")
-            pixels = np.load(path / "pixels.npy", mmap_mode="r")
+            codes = np.load(path / "codes.npy")
+            pixels = np.load(path / "pixels.npy")
             labels = np.load(path / "labels.npy")
             paths = json.loads((path / "paths.json").read_text())
         except (OSError, ValueError) as e:
@@ -113,12 +125,14 @@ class Index:
             if tuple(shape) != want:
                 raise IndexLoadError(f"{name} in {index_dir} has shape {tuple(shape)}, meta.json says {want}: rebuild it.")
         ann = _load_ann(path / "codes.ann", meta, codes, index_dir)
-        return cls(path, meta, model, info, np.asarray(codes), ann, np.asarray(pixels), labels, paths)
+        return cls(path, meta, model, info, codes, ann, pixels, labels, paths)
 
     # ---- queries ---------------------------------------------------------------------------
 
     def query_pixels(self, query) -> tuple[np.ndarray, int | None]:
-        """A query (item id, path, bytes, file-like or PIL image) -> its 32x32 pixels and item id."""
+        """A query (item id, path, bytes, file-like, PIL image or 32x32x3 pixels) -> its pixels and item id."""
+        if isinstance(query, np.ndarray) and query.shape == (32, 32, 3) and query.dtype == np.uint8:
+            return query, None
         if isinstance(query, (int, np.integer)):
             if not 0 <= query < len(self):
                 raise IndexError(f"Item {query} does not exist: the index has items 0..{len(self) - 1}.")
@@ -162,6 +176,13 @@ class Index:
     def label(self, i: int) -> str | None:
         lab = int(self.labels[i])
         return self.classes[lab] if lab >= 0 else None
+
+    def random_item(self, rng: np.random.Generator, label: str | None = None) -> int:
+        """A random item id, of one class when `label` is given."""
+        if label is None:
+            return int(rng.integers(len(self)))
+        ids = np.flatnonzero(self.labels == self.classes.index(label))
+        return int(rng.choice(ids))
 
     def thumbnail(self, i: int) -> np.ndarray:
         return self.pixels[i]

@@ -129,11 +129,11 @@ def train(collection: Collection, out_path: str, *, model_args: ModelArgs | None
         epoch_means = {k: v / steps_per_epoch for k, v in sums.items()}
         history.append(epoch_means)
     bar.close()
-    if args.decoder_epochs:
-        history.append({"decoder_mse": _tune_decoder(model, collection, args, g, rng, progress)})
+    decoder_mse = _tune_decoder(model, collection, args, g, rng, progress) if args.decoder_epochs else None
     minutes = (time.time() - started) / 60
 
-    losses = {"final_train": history[-1], "history": history, "train_minutes": round(minutes, 2)}
+    losses = {"final_train": history[-1], "decoder_tuning_mse": decoder_mse, "history": history,
+              "train_minutes": round(minutes, 2)}
     if test is not None:
         losses["test_mse"] = reconstruction_mse(model, test.pixels)
     trained_on = {"collection": collection.spec, "items": len(collection), "classes": collection.classes}

@@ -1,0 +1,192 @@
+"""Build, publish and load an index; search it; catch every mismatch."""
+import json
+import os
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+from imgsearch.index import IndexLoadError, build_index, read_meta, resolve
+from imgsearch.search import Index
+
+from conftest import tiny_checkpoint
+
+
+def test_meta_describes_the_index(index_dir, collection, checkpoint):
+    meta = read_meta(index_dir)
+    assert meta["items"] == 60 and meta["code_dim"] == 16 and meta["metric"] == "angular"
+    assert meta["n_trees"] == 4 and meta["search_k"] == 1000 and meta["classes"] == ["blue", "green", "red"]
+    assert meta["collection"] == collection.spec and meta["skipped"] == 0
+    assert len(meta["model"]["fingerprint"]) == 16 and meta["preprocessing"]["size"] == 32
+    files = {p.name for p in resolve(index_dir).iterdir()}
+    assert files == {"meta.json", "model.pt", "codes.npy", "codes.ann", "pixels.npy", "labels.npy", "paths.json"}
+
+
+def test_files_are_row_aligned(index_dir, collection):
+    index = Index.load(index_dir)
+    assert len(index) == 60
+    assert (index.pixels == collection.pixels).all()
+    assert index.paths == collection.paths
+    assert [index.label(i) for i in range(60)] == [collection.label_name(i) for i in range(60)]
+    for i in (0, 31, 59):
+        assert np.allclose(index.ann.get_item_vector(i), index.codes[i], atol=1e-6)
+        assert np.allclose(index.encode(collection.pixels[i]), index.codes[i], atol=1e-5)
+
+
+def test_a_database_image_is_its_own_first_hit_in_both_spaces(index_dir, collection):
+    index = Index.load(index_dir)
+    for i in (0, 17, 44):
+        res = index.search(i, k=5, exclude_self=False)
+        assert res.pixel[0].id == i and res.pixel[0].distance == pytest.approx(0, abs=1e-3)
+        assert res.code[0].id == i and res.code[0].distance == pytest.approx(0, abs=1e-3)
+        by_path = index.search(collection.paths[i], k=5, exclude_self=False)
+        assert by_path.query_id == i and by_path.code[0].id == i
+
+
+def test_a_query_from_the_collection_excludes_itself(index_dir, collection):
+    index = Index.load(index_dir)
+    res = index.search(7, k=5)
+    assert len(res.pixel) == len(res.code) == 5
+    assert 7 not in [h.id for h in res.pixel + res.code]
+    assert 7 not in [h.id for h in index.search(collection.paths[7], k=5).code]
+
+
+def test_pixel_search_is_exact(index_dir, collection):
+    index = Index.load(index_dir)
+    q = collection.pixels[3]
+    exact = np.sqrt(((collection.pixels.reshape(60, -1) / 255.0 - q.reshape(-1) / 255.0) ** 2).sum(1))
+    res = index.search(q, k=10, exclude_self=False)
+    assert [h.id for h in res.pixel] == list(np.argsort(exact, kind="stable")[:10])
+    assert [h.distance for h in res.pixel] == pytest.approx(np.sort(exact)[:10], abs=1e-4)
+    assert res.pixel[0].label == "blue" and res.pixel[0].path == collection.paths[3]
+
+
+def test_hits_are_sorted_and_carry_labels(index_dir):
+    res = Index.load(index_dir).search(40, k=10)
+    for hits in (res.pixel, res.code):
+        d = [h.distance for h in hits]
+        assert d == sorted(d)
+        assert all(h.label in ("blue", "green", "red") for h in hits)
+    # the test colours are trivially separable in pixel space
+    assert all(h.label == "red" for h in res.pixel)
+
+
+def test_seeded_builds_are_identical(tmp_path, collection, checkpoint):
+    a = build_index(collection, checkpoint, tmp_path / "a", n_trees=5, progress=False)
+    b = build_index(collection, checkpoint, tmp_path / "b", n_trees=5, progress=False)
+    for name in ("codes.ann", "codes.npy", "pixels.npy", "labels.npy", "paths.json"):
+        assert (resolve(a["index"]) / name).read_bytes() == (resolve(b["index"]) / name).read_bytes(), name
+
+
+def test_rebuild_swaps_atomically_and_the_old_index_keeps_serving(tmp_path, collection, checkpoint):
+    out = tmp_path / "index"
+    build_index(collection, checkpoint, out, n_trees=2, progress=False)
+    first = resolve(out)
+    old = Index.load(out)
+    seen = []
+
+    def during(step, frac):  # called while the new build is being written
+        if step == "writing":
+            seen.append(resolve(out))
+            assert Index.load(out).path == first  # readers still get the complete old index
+            assert old.search(5, k=3).code  # and an open one keeps answering
+
+    build_index(collection, checkpoint, out, n_trees=3, progress=False, on_step=during)
+    assert seen == [first]
+    assert resolve(out) != first and read_meta(out)["n_trees"] == 3
+    assert old.search(5, k=3).pixel and old.meta["n_trees"] == 2
+    assert not [p for p in (tmp_path / "index.builds").iterdir() if p.name.endswith(".partial")]
+
+
+def test_a_failed_build_leaves_the_old_index_in_place(tmp_path, collection, checkpoint):
+    out = tmp_path / "index"
+    build_index(collection, checkpoint, out, n_trees=2, progress=False)
+    first = resolve(out)
+
+    def fail(step, frac):
+        if step == "writing":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_index(collection, checkpoint, out, n_trees=3, progress=False, on_step=fail)
+    assert resolve(out) == first and Index.load(out).meta["n_trees"] == 2
+    assert not [p for p in (tmp_path / "index.builds").iterdir() if p.name.endswith(".partial")]
+
+
+def test_concurrent_readers_never_see_a_half_index(tmp_path, collection, checkpoint):
+    out = tmp_path / "index"
+    build_index(collection, checkpoint, out, n_trees=2, progress=False)
+    errors, stop = [], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                Index.load(out)
+            except Exception as e:  # noqa: BLE001 - any failure is the bug under test
+                errors.append(e)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    for n_trees in (3, 4, 5):
+        build_index(collection, checkpoint, out, n_trees=n_trees, progress=False)
+    stop.set()
+    t.join()
+    assert errors == []
+
+
+@pytest.fixture
+def copy_of(index_dir, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(resolve(index_dir), dst)
+    return dst
+
+
+def test_a_different_model_is_refused(copy_of, tmp_path):
+    other = tiny_checkpoint(tmp_path / "other.pt", code_dim=16, seed=1)
+    with pytest.raises(IndexLoadError, match="was built by model"):
+        Index.load(copy_of, model_path=other)
+
+
+def test_a_different_code_dimension_is_refused(copy_of, tmp_path):
+    shutil.copy(tiny_checkpoint(tmp_path / "wide.pt", code_dim=32), copy_of / "model.pt")
+    meta = json.loads((copy_of / "meta.json").read_text())
+    from imgsearch.model import fingerprint
+    meta["model"]["fingerprint"] = fingerprint(copy_of / "model.pt")
+    (copy_of / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(IndexLoadError, match="32-d codes but the index holds 16-d"):
+        Index.load(copy_of)
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda d: (d / "codes.ann").write_bytes((d / "codes.ann").read_bytes()[:1000]), "codes.ann"),
+    (lambda d: (d / "codes.ann").unlink(), "codes.ann"),
+    (lambda d: (d / "meta.json").write_text("{not json"), "corrupt"),
+    (lambda d: (d / "meta.json").unlink(), "No index"),
+    (lambda d: (d / "model.pt").write_bytes(b"garbage"), "not a readable"),
+    (lambda d: np.save(d / "pixels.npy", np.zeros((5, 32, 32, 3), np.uint8)), "pixels.npy"),
+    (lambda d: (d / "codes.npy").write_bytes(b"\x93NUMPY broken"), "missing or corrupt"),
+    (lambda d: (d / "paths.json").write_text("[]"), "paths.json"),
+])
+def test_corrupt_files_are_refused_with_a_reason(copy_of, damage, words):
+    damage(copy_of)
+    with pytest.raises(IndexLoadError, match=words) as e:
+        Index.load(copy_of)
+    assert "\n" not in str(e.value)
+
+
+def test_codes_that_disagree_with_the_ann_file_are_refused(copy_of):
+    codes = np.load(copy_of / "codes.npy")
+    np.save(copy_of / "codes.npy", codes[::-1].copy())
+    with pytest.raises(IndexLoadError, match="disagree"):
+        Index.load(copy_of)
+
+
+def test_missing_index_says_how_to_build_one(tmp_path):
+    with pytest.raises(IndexLoadError, match="build_index.py"):
+        Index.load(tmp_path / "nothing")
+
+
+def test_out_of_range_item_is_a_clear_error(index_dir):
+    with pytest.raises(IndexError, match="0..59"):
+        Index.load(index_dir).search(60)
