@@ -1,0 +1,210 @@
+"""Speed and scale: how fast encoding, building and searching are on this machine, and how
+Annoy's recall trades against its query time.
+
+Absolute times on a shared 2-core machine are noisy; ratios measured in the same run are
+stable, so the report quotes both.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from annoy import AnnoyIndex
+from PIL import Image
+from tqdm import tqdm
+
+from .data import Collection
+from .images import to_pixels
+from .index import METRIC, N_TREES, SEARCH_K, SEED, build_index
+from .model import encode_pixels, load_checkpoint, pixels_to_tensor
+from .search import Index, PixelSearch
+from .train import augment
+
+
+def percentiles(seconds: list[float]) -> tuple[float, float]:
+    ms = np.asarray(seconds) * 1000
+    return round(float(np.percentile(ms, 50)), 3), round(float(np.percentile(ms, 95)), 3)
+
+
+def timed(fn, items) -> tuple[list, list[float]]:
+    out, times = [], []
+    for x in items:
+        t = time.perf_counter()
+        out.append(fn(x))
+        times.append(time.perf_counter() - t)
+    return out, times
+
+
+class ExactCodeSearch:
+    """Brute-force cosine search over normalised codes: the reference Annoy is measured against."""
+
+    def __init__(self, codes: np.ndarray):
+        self.codes = torch.nn.functional.normalize(torch.from_numpy(np.asarray(codes, dtype=np.float32)), dim=1)
+
+    def search(self, code: np.ndarray, k: int) -> np.ndarray:
+        q = torch.nn.functional.normalize(torch.from_numpy(np.asarray(code, dtype=np.float32)), dim=0)
+        return torch.topk(self.codes @ q, k).indices.numpy()
+
+
+def recall_at(found: list, truth: list, k: int = 10) -> float:
+    return float(np.mean([len(set(f[:k]) & set(t[:k])) / k for f, t in zip(found, truth)]))
+
+
+def build_annoy(codes: np.ndarray, n_trees: int, path: Path | None = None, n_jobs: int = 1) -> AnnoyIndex:
+    ann = AnnoyIndex(codes.shape[1], METRIC)
+    ann.set_seed(SEED)
+    if path is not None:
+        ann.on_disk_build(str(path))  # the index is written to, and later mapped from, this file
+    for i, v in enumerate(codes):
+        ann.add_item(i, v)
+    ann.build(n_trees, n_jobs=n_jobs)
+    return ann
+
+
+def sweep(codes: np.ndarray, queries: np.ndarray, truth: list, trees=(10, 20, 40, 80),
+          search_ks=(1000, 3000, 10000, 30000)) -> list[dict]:
+    """Recall@10 and p50 latency for a grid of (n_trees, search_k)."""
+    rows = []
+    for n_trees in tqdm(trees, desc="sweep"):
+        ann = build_annoy(codes, n_trees)
+        for sk in search_ks:
+            found, times = timed(lambda q: ann.get_nns_by_vector(q, 10, search_k=sk), queries)
+            rows.append({"n_trees": n_trees, "search_k": sk, "recall_at_10": round(recall_at(found, truth), 4),
+                         "p50_ms": percentiles(times)[0]})
+        ann.unload()
+    return rows
+
+
+def rss_of_loaded_index(index_dir: Path) -> float:
+    """Resident memory (MB) of a fresh process that has loaded the model and the index."""
+    code = ("import sys; sys.path.insert(0, %r); from imgsearch.search import Index; i = Index.load(%r); "
+            "i.search(0, k=10); print([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])"
+            % (str(Path(__file__).resolve().parent.parent), str(index_dir)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return round(int(out.stdout.strip().splitlines()[-1]) / 1024, 1)
+
+
+def realistic_codes(model, pixels: np.ndarray, n: int, seed: int = 0, batch: int = 2000) -> np.ndarray:
+    """n codes of randomly cropped, flipped and colour-shifted versions of the collection's images.
+
+    Uniform noise would make every neighbour equally far, and near-copies of a few points
+    would make search artificially easy; augmented real images keep the collection's structure.
+    """
+    g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, model.args.code_dim), dtype=np.float32)
+    model.eval()
+    with torch.no_grad():
+        for s in tqdm(range(0, n, batch), desc="scale codes", unit="batch", mininterval=1.0):
+            rows = rng.integers(0, len(pixels), min(batch, n - s))
+            x = augment(pixels_to_tensor(pixels[rows]), g, crop_scale=0.5)
+            out[s:s + len(rows)] = model.encode(x).numpy()
+    return out
+
+
+def run_benchmark(collection: Collection, model_path, *, queries: int = 1000, scale_items: int = 1_000_000,
+                  scale_queries: int = 200, sweep_queries: int = 300, sweep_trees=(10, 20, 40, 80),
+                  sweep_search_ks=(1000, 3000, 10000, 30000), work_dir: Path | None = None,
+                  progress: bool = True) -> dict:
+    rng = np.random.default_rng(0)
+    work = Path(work_dir or tempfile.mkdtemp(prefix="imgsearch-bench-"))
+    model, info = load_checkpoint(model_path)
+    report: dict = {"items": len(collection), "collection": collection.spec, "model": info["fingerprint"],
+                    "threads": torch.get_num_threads()}
+
+    # encoding: the database build, and one upload from bytes to code
+    n_enc = min(len(collection), 20000)
+    t = time.perf_counter()
+    encode_pixels(model, collection.pixels[:n_enc])
+    report["encode_images_per_s"] = round(n_enc / (time.perf_counter() - t), 1)
+    photo = Image.fromarray(collection.pixels[0]).resize((640, 480), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    photo.save(buf, "JPEG", quality=90)
+    upload = buf.getvalue()
+    _, times = timed(lambda b: encode_pixels(model, to_pixels(b)[None]), [upload] * 200)
+    report["upload_encode_p50_ms"], report["upload_encode_p95_ms"] = percentiles(times)
+
+    # index build: encode + Annoy + pixel store, from images already in memory
+    t = time.perf_counter()
+    build_index(collection, model_path, work / "index", progress=progress)
+    report["build_seconds"] = round(time.perf_counter() - t, 2)
+    build_dir = (work / "index").resolve()
+    report["index_mb"] = round(sum(f.stat().st_size for f in build_dir.iterdir()) / 2**20, 1)
+    report["ann_mb"] = round((build_dir / "codes.ann").stat().st_size / 2**20, 1)
+
+    index = Index.load(work / "index")
+    ids = rng.integers(0, len(index), queries)
+    pix_q = [index.pixels[i] for i in ids]
+    code_q = [index.codes[i] for i in ids]
+    _, times = timed(lambda q: index.pixel_search.search(q, 10), pix_q)
+    report["pixel_p50_ms"], report["pixel_p95_ms"] = percentiles(times)
+    served, times = timed(lambda q: index.search_codes(q, 10)[0], code_q)
+    report["code_p50_ms"], report["code_p95_ms"] = percentiles(times)
+    exact = ExactCodeSearch(index.codes)
+    truth, times = timed(lambda q: exact.search(q, 10), code_q)
+    report["exact_code_p50_ms"], report["exact_code_p95_ms"] = percentiles(times)
+    report["code_recall_at_10"] = round(recall_at(served, truth), 4)
+    report["pixel_over_code_speedup"] = round(report["pixel_p50_ms"] / report["code_p50_ms"], 1)
+    report["rss_mb"] = rss_of_loaded_index(work / "index")
+
+    sq = code_q[:sweep_queries]
+    report["sweep"] = sweep(index.codes, sq, truth[:sweep_queries], sweep_trees, sweep_search_ks)
+
+    # scale: a million realistic codes, an on-disk Annoy index memory-mapped for search
+    codes = realistic_codes(model, collection.pixels, scale_items)
+    t = time.perf_counter()
+    ann = build_annoy(codes, index.meta["n_trees"], path=work / "scale.ann", n_jobs=-1)
+    scale_build = time.perf_counter() - t
+    ann.unload()
+    ann = AnnoyIndex(codes.shape[1], METRIC)
+    ann.load(str(work / "scale.ann"))  # mmap: every process shares the same pages
+    qrows = rng.integers(0, scale_items, scale_queries)
+    queries_scale = [codes[i] + 0.05 * rng.standard_normal(codes.shape[1]).astype(np.float32) for i in qrows]
+    exact = ExactCodeSearch(codes)
+    truth, ex_times = timed(lambda q: exact.search(q, 10), queries_scale)
+    found, an_times = timed(lambda q: ann.get_nns_by_vector(q, 10, search_k=index.search_k), queries_scale)
+    report["scale"] = {
+        "items": scale_items,
+        "build_seconds": round(scale_build, 1),
+        "index_mb": round((work / "scale.ann").stat().st_size / 2**20, 1),
+        "annoy_p50_ms": percentiles(an_times)[0],
+        "exact_p50_ms": percentiles(ex_times)[0],
+        "recall_at_10": round(recall_at(found, truth), 4),
+        "memory_mapped": True,
+        "n_trees": index.meta["n_trees"],
+        "search_k": index.search_k,
+    }
+    report["scale"]["speedup"] = round(report["scale"]["exact_p50_ms"] / report["scale"]["annoy_p50_ms"], 1)
+    ann.unload()
+    return report
+
+
+def plot_sweep(report: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    rows = report["sweep"]
+    for n_trees in sorted({r["n_trees"] for r in rows}):
+        pts = [r for r in rows if r["n_trees"] == n_trees]
+        ax.plot([r["p50_ms"] for r in pts], [r["recall_at_10"] for r in pts], marker="o", label=f"{n_trees} trees")
+        for r in pts:
+            ax.annotate(f"{r['search_k']}", (r["p50_ms"], r["recall_at_10"]), fontsize=7, alpha=0.7)
+    ax.axhline(0.98, color="grey", linestyle=":", linewidth=1)
+    ax.set(xlabel="Annoy query time, p50 (ms)", ylabel="recall@10 vs exact search",
+           title=f"Annoy on {report['items']:,} codes (labels: search_k)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,28 @@
+"""The benchmark's quick mode produces every figure, and each is sane (never a timing threshold)."""
+import json
+import subprocess
+import sys
+
+from conftest import ROOT, write_collection
+
+
+def test_quick_benchmark_produces_every_figure(tmp_path, checkpoint):
+    data = write_collection(tmp_path / "data", per_class=30)
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "scripts/benchmark.py", "--data", str(data), "--model", str(checkpoint),
+                        "--quick", "--json", str(out), "--plot", str(tmp_path / "sweep.png"),
+                        "--work-dir", str(tmp_path / "work")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(out.read_text())
+    for key in ("pixel_p50_ms", "code_p50_ms", "exact_code_p50_ms", "build_seconds", "encode_images_per_s",
+                "upload_encode_p50_ms", "index_mb", "rss_mb"):
+        assert rep[key] > 0, key
+    assert rep["pixel_p95_ms"] >= rep["pixel_p50_ms"]
+    assert 0.5 <= rep["code_recall_at_10"] <= 1.0
+    s = rep["scale"]
+    assert s["items"] == 5000 and s["build_seconds"] > 0 and s["annoy_p50_ms"] > 0 and s["exact_p50_ms"] > 0
+    assert 0 < s["recall_at_10"] <= 1.0 and s["memory_mapped"]
+    assert len(rep["sweep"]) == 4 and all(0 <= row["recall_at_10"] <= 1 for row in rep["sweep"])
+    assert (tmp_path / "sweep.png").stat().st_size > 1000
+    assert "scale: 5,000 codes" in r.stdout
