@@ -7,24 +7,35 @@ Only widgets and pictures live here; everything computed comes from the imgsearc
 import os
 import time
 
+import altair as alt
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from imgsearch.data import OFFLINE_HINT, CollectionError
+from imgsearch.explore import map_highlights, map_points
 from imgsearch.images import ImageError, upscale
 from imgsearch.index import DEFAULT_CHECKPOINT, DEFAULT_INDEX, IndexLoadError, build_index, read_meta, resolve
 from imgsearch.model import CheckpointError
+from imgsearch.quality import disagreements, load_evaluation
 from imgsearch.search import Index
 
 INDEX_DIR = os.environ.get("IMGSEARCH_INDEX", str(DEFAULT_INDEX))
 MATCH = (34, 160, 70)  # frame colour of a result that shares the query's class
 PER_ROW = 5  # results per row in each column
+VIEWS = ("Search", "Map", "Quality")
+REPRESENTATIONS = {"pixels": "raw pixels", "pca": "PCA", "codes_exact": "codes, exact", "codes_served": "codes, as served"}
 
 
 @st.cache_resource(show_spinner="Loading the model and the index…", max_entries=1)
 def load_index(build_dir: str) -> Index:
     """Keyed by the build directory the index link points at, so a rebuild is picked up on the next run."""
     return Index.load(build_dir)
+
+
+@st.cache_data(show_spinner="Searching this class's images in both spaces…", max_entries=32)
+def class_disagreements(build_dir: str, label: str):
+    return disagreements(load_index(build_dir), label)
 
 
 def build_ui(reason: str) -> None:
@@ -45,9 +56,11 @@ def build_ui(reason: str) -> None:
         st.rerun()
 
 
-def sidebar_ui(index: Index) -> None:
+def sidebar_ui(index: Index) -> str:
+    """The index's description; returns the chosen view."""
     m = index.meta
     with st.sidebar:
+        view = st.radio("View", VIEWS, key="view", horizontal=True)
         st.header("Index")
         st.markdown(
             f"- **{m['items']:,}** images from `{m['collection']}`\n"
@@ -59,6 +72,7 @@ def sidebar_ui(index: Index) -> None:
             + (f"\n- {m['skipped']} unreadable files skipped" if m.get("skipped") else "")
         )
         st.caption(f"Index directory: `{INDEX_DIR}`")
+    return view
 
 
 def set_query(item: int) -> None:
@@ -114,6 +128,86 @@ def results_ui(index: Index, hits, space: str, title: str, query_label: str | No
                 st.button("more like this", key=f"more_{space}_{rank}", on_click=set_query, args=(hit.id,))
 
 
+def map_chart(index: Index, space: str, query_id, neighbour_ids) -> alt.LayerChart:
+    """Every item a dot coloured by class; the query (star) and its neighbours drawn on top."""
+    points = map_points(index, space)
+    marked = map_highlights(index, space, query_id, neighbour_ids)
+    pick = alt.selection_point(name="pick", fields=["id"], on="click")
+    colour = alt.Color("label:N", legend=alt.Legend(title="class", orient="bottom", columns=5))
+    axis = alt.Axis(labels=False, ticks=False, title=None, grid=False)
+    base = alt.Chart(points).mark_circle(size=5, opacity=0.45).encode(
+        alt.X("x:Q", axis=axis), alt.Y("y:Q", axis=axis), colour, tooltip=["id:Q", "label:N"])
+    hover = alt.Chart(marked).mark_circle(stroke="white", strokeWidth=0.6).encode(
+        x="x:Q", y="y:Q", color=colour,
+        size=alt.Size("role:N", scale=alt.Scale(domain=["sample", "neighbour", "query"], range=[18, 90, 400]), legend=None),
+        shape=alt.Shape("role:N", scale=alt.Scale(domain=["sample", "neighbour", "query"],
+                                                  range=["circle", "diamond", "cross"]), legend=None),
+        tooltip=["id:Q", "label:N", "role:N", "image:N"],  # vega-tooltip draws an "image" field as a picture
+    ).add_params(pick)
+    return alt.layer(base, hover).properties(height=480).interactive()
+
+
+def map_view(index: Index) -> None:
+    if not index.maps:
+        st.info("This index has no 2-D maps: rebuild it with scripts/build_index.py (without --no-maps).")
+        return
+    st.markdown("Each dot is one image, placed by a 2-D map of its code (left) or its pixels (right). "
+                "Hover the larger dots for a picture; click one to make it the query.")
+    query = st.session_state.get("query")
+    query_id = query if isinstance(query, int) else None
+    neighbours = [h.id for h in index.search(query_id, k=10).code] if query_id is not None else []
+    st.caption(f"Map: {index.meta['maps']['method']}."
+               + (f" Query: item {query_id} ({index.label(query_id) or 'unlabelled'}) with its 10 code-space "
+                  "neighbours." if query_id is not None else " Pick a query on the Search view, or click a point."))
+    for col, space, title in zip(st.columns(2), ("code", "pixel"), ("Code space", "Pixel space")):
+        with col:
+            st.subheader(title)
+            event = st.altair_chart(map_chart(index, space, query_id, neighbours), key=f"map_{space}",
+                                    on_select="rerun", selection_mode="pick", width="stretch")
+            picked = (event.selection.get("pick") or [{}])[0].get("id") if event else None
+            if picked is not None and int(picked) != query_id:
+                set_query(int(picked))
+                st.rerun()
+    if query_id is not None:
+        st.image([upscale(index.thumbnail(i), 64) for i in [query_id] + neighbours],
+                 caption=["query"] + [f"#{r + 1}" for r in range(len(neighbours))])
+
+
+def quality_view(index: Index) -> None:
+    report = load_evaluation()
+    if report is None:
+        st.info("No evaluation report yet: run scripts/evaluate.py --json docs/evaluation.json.")
+    else:
+        s = report["settings"]
+        st.markdown(f"Retrieval on **{s['query_items']:,}** queries from `{s['queries']}` against "
+                    f"**{s['database_items']:,}** images of `{s['database']}` (model `{s.get('model', '?')}`); "
+                    "a result is relevant when it has the query's class.")
+        table = pd.DataFrame({name: report[key] for key, name in REPRESENTATIONS.items()}).T
+        st.dataframe(table.style.format("{:.3f}"), key="quality_table")
+        st.caption(f"Reconstruction MSE on the queries: {report['reconstruction_mse']:.4f} (pixels in [0, 1]).")
+        curves = pd.DataFrame({REPRESENTATIONS[k]: v for k, v in report["precision_curves"].items()})
+        curves.index = np.arange(1, len(curves) + 1)
+        st.line_chart(curves, x_label="k", y_label="precision at k")
+    if not index.classes:
+        return
+    st.subheader("Where the two searches disagree")
+    label = st.selectbox("Class", index.classes, key="quality_class")
+    result = class_disagreements(str(index.path), label)
+    st.markdown(f"Of {result.queries} sampled **{label}** images, the nearest neighbour has the same class "
+                f"in code space for **{result.code_right}**, in pixel space for **{result.pixel_right}**.")
+    for title, triples in (("Code search right, pixel search wrong", result.code_wins),
+                           ("Pixel search right, code search wrong", result.pixel_wins),
+                           ("Both wrong", result.both_wrong)):
+        st.markdown(f"**{title}** ({len(triples)})")
+        shown = triples[:6]
+        if not shown:
+            st.caption("none among the sampled images")
+            continue
+        for col, (q, p, c) in zip(st.columns(len(shown)), shown):
+            col.image([upscale(index.thumbnail(i), 64) for i in (q, p, c)],
+                      caption=["query", f"pixels: {index.label(p)}", f"code: {index.label(c)}"])
+
+
 def main() -> None:
     st.set_page_config(page_title="imgsearch: similar images", page_icon="🔎", layout="wide")
     st.title("imgsearch")
@@ -125,7 +219,11 @@ def main() -> None:
     except IndexLoadError as e:
         build_ui(str(e))
         st.stop()
-    sidebar_ui(index)
+    view = sidebar_ui(index)
+    if view == "Map":
+        return map_view(index)
+    if view == "Quality":
+        return quality_view(index)
     query = query_ui(index)
     k = st.slider("Neighbours per space (k)", 1, 50, 10, key="k")
     if query is None:

@@ -10,6 +10,7 @@ An index directory holds row-aligned files (row i of every file = item i = Annoy
     pixels.npy   (N, 32, 32, 3) uint8: exact pixel-space search, and each item's thumbnail
     labels.npy   (N,) int64 class index into meta["classes"], -1 where unknown
     paths.json   N entries: the item's own file, or null (CIFAR-10 items live in an archive)
+    map_code.npy, map_pixel.npy   (N, 2) float32: 2-D maps of code and pixel space (optional)
 
 `--out data/index` is a symlink to `data/index.builds/<timestamp>/`. A rebuild writes a new
 build directory and only then swaps the symlink with one atomic rename, so a reader never
@@ -30,6 +31,7 @@ from tqdm import tqdm
 from .data import DATA_DIR, Collection, load_collection
 from .images import PREPROCESSING
 from .model import encode_pixels, load_checkpoint
+from .projection import LANDMARKS, collection_maps
 
 FORMAT = "imgsearch-index-v1"
 DEFAULT_INDEX = DATA_DIR / "index"
@@ -37,6 +39,7 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "cifar1
 METRIC = "angular"  # cosine: the codes are trained with a cosine (InfoNCE) objective
 N_TREES = 32  # see scripts/benchmark.py for the recall/latency trade-off behind these two
 SEARCH_K = 20_000
+MAP_METHOD = f"t-SNE of {LANDMARKS} landmarks, other points placed among their nearest landmarks (cosine)"
 SEED = 0  # Annoy's tree-splitting seed: the same inputs give a byte-identical index
 
 
@@ -46,7 +49,7 @@ class IndexLoadError(RuntimeError):
 
 def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLike = DEFAULT_CHECKPOINT,
                 out: str | os.PathLike = DEFAULT_INDEX, *, n_trees: int = N_TREES, search_k: int = SEARCH_K,
-                seed: int = SEED, progress: bool = True, on_step=None) -> dict:
+                seed: int = SEED, maps: bool = True, progress: bool = True, on_step=None) -> dict:
     """Encode a collection, build the Annoy index and publish it at `out`. Returns a summary.
 
     `on_step(name, fraction)` lets a caller (the app) show progress without tqdm.
@@ -76,6 +79,13 @@ def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLik
         ann.build(n_trees, n_jobs=1)  # one thread: tree order, and so the file, stays deterministic
         ann.save(str(tmp_dir / "codes.ann"))
         ann.unload()
+        map_seconds = None
+        if maps:
+            step("mapping the collection in 2-D", 0.75)
+            t = time.time()
+            for space, xy in collection_maps(codes, collection.pixels, seed=seed).items():
+                np.save(tmp_dir / f"map_{space}.npy", xy)
+            map_seconds = round(time.time() - t, 2)
         step("writing", 0.9)
         np.save(tmp_dir / "codes.npy", codes)
         np.save(tmp_dir / "pixels.npy", collection.pixels)
@@ -101,6 +111,7 @@ def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLik
             "ann_bytes": (tmp_dir / "codes.ann").stat().st_size,
             "built_at": time.strftime("%Y-%m-%d %H:%M:%S"),
             "build_seconds": None,
+            "maps": {"method": MAP_METHOD, "seconds": map_seconds} if maps else None,
         }
         meta["build_seconds"] = round(time.time() - started, 2)
         (tmp_dir / "meta.json").write_text(json.dumps(meta, indent=1))

@@ -86,6 +86,7 @@ class Index:
         self.search_k: int = meta["search_k"]
         self.pixel_search = PixelSearch(pixels)
         self._path_to_id = {p: i for i, p in enumerate(paths) if p}
+        self.maps: dict[str, np.ndarray] = {}  # "code"/"pixel" -> (N, 2), when the build made them
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -125,7 +126,15 @@ class Index:
             if tuple(shape) != want:
                 raise IndexLoadError(f"{name} in {index_dir} has shape {tuple(shape)}, meta.json says {want}: rebuild it.")
         ann = _load_ann(path / "codes.ann", meta, codes, index_dir)
-        return cls(path, meta, model, info, codes, ann, pixels, labels, paths)
+        index = cls(path, meta, model, info, codes, ann, pixels, labels, paths)
+        for space in ("code", "pixel"):
+            f = path / f"map_{space}.npy"
+            if f.is_file():
+                xy = np.load(f)
+                if xy.shape != (n, 2):
+                    raise IndexLoadError(f"{f.name} in {index_dir} has shape {xy.shape}, expected {(n, 2)}: rebuild it.")
+                index.maps[space] = xy
+        return index
 
     # ---- queries ---------------------------------------------------------------------------
 

@@ -16,9 +16,11 @@ def main(argv=None) -> int:
     p.add_argument("--n-trees", type=int, default=N_TREES, help=f"Annoy trees (default: {N_TREES})")
     p.add_argument("--search-k", type=int, default=SEARCH_K, help=f"Annoy nodes inspected per query (default: {SEARCH_K})")
     p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--no-maps", action="store_true", help="skip the 2-D maps of the collection (saves ~10 s on 50,000 images)")
     a = p.parse_args(argv)
     try:
-        summary = build_index(a.data, a.model, a.out, n_trees=a.n_trees, search_k=a.search_k, seed=a.seed)
+        summary = build_index(a.data, a.model, a.out, n_trees=a.n_trees, search_k=a.search_k, seed=a.seed,
+                              maps=not a.no_maps)
     except (CollectionError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -103,3 +103,40 @@ def test_missing_index_offers_to_build_one(tmp_path, monkeypatch, collection_dir
     assert not at.exception
     assert "No index at" in at.info[0].value
     assert at.button(key="build") is not None and at.text_input(key="build_data").value == "cifar10"
+
+
+def test_map_view_shows_both_maps_with_the_query_and_its_neighbours(app):
+    app.number_input(key="item_number").set_value(30).run()
+    app.radio(key="view").set_value("Map").run()
+    assert not app.exception
+    assert subheaders(app) == ["Code space", "Pixel space"]
+    charts = app.get("arrow_vega_lite_chart")
+    assert len(charts) == 2
+    assert any("Query: item 30 (green)" in c.value for c in app.caption)
+    strip = app.image[-1].captions
+    assert strip[0] == "query" and strip[1:] == [f"#{r}" for r in range(1, 11)]
+
+
+def test_quality_view_shows_figures_and_disagreements(app, tmp_path, monkeypatch):
+    import json
+
+    curve = [0.5] * 100
+    report = {k: {"P@1": 0.5, "P@10": 0.4, "P@100": 0.3, "mAP@1000": 0.2} for k in
+              ("pixels", "pca", "codes_exact", "codes_served")}
+    report.update(reconstruction_mse=0.01, precision_curves={k: curve for k in report},
+                  settings={"query_items": 9, "queries": "q", "database_items": 60, "database": "d", "model": "m"})
+    (tmp_path / "eval.json").write_text(json.dumps(report))
+    monkeypatch.setenv("IMGSEARCH_EVALUATION", str(tmp_path / "eval.json"))
+    app.radio(key="view").set_value("Quality").run()
+    assert not app.exception
+    assert any("**9** queries" in m.value for m in app.markdown)
+    assert len(app.dataframe) == 1
+    app.selectbox(key="quality_class").set_value("red").run()
+    text = " ".join(m.value for m in app.markdown)
+    assert "Of 20 sampled **red** images" in text and "Code search right, pixel search wrong" in text
+
+
+def test_quality_view_without_a_report_says_how_to_make_one(app, tmp_path, monkeypatch):
+    monkeypatch.setenv("IMGSEARCH_EVALUATION", str(tmp_path / "none.json"))
+    app.radio(key="view").set_value("Quality").run()
+    assert any("scripts/evaluate.py" in i.value for i in app.info)

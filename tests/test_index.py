@@ -20,7 +20,8 @@ def test_meta_describes_the_index(index_dir, collection, checkpoint):
     assert meta["collection"] == collection.spec and meta["skipped"] == 0
     assert len(meta["model"]["fingerprint"]) == 16 and meta["preprocessing"]["size"] == 32
     files = {p.name for p in resolve(index_dir).iterdir()}
-    assert files == {"meta.json", "model.pt", "codes.npy", "codes.ann", "pixels.npy", "labels.npy", "paths.json"}
+    assert files == {"meta.json", "model.pt", "codes.npy", "codes.ann", "pixels.npy", "labels.npy", "paths.json",
+                     "map_code.npy", "map_pixel.npy"}
 
 
 def test_files_are_row_aligned(index_dir, collection):
@@ -32,6 +33,27 @@ def test_files_are_row_aligned(index_dir, collection):
     for i in (0, 31, 59):
         assert np.allclose(index.ann.get_item_vector(i), index.codes[i], atol=1e-6)
         assert np.allclose(index.encode(collection.pixels[i]), index.codes[i], atol=1e-5)
+
+
+def test_maps_have_one_point_per_item_in_item_order(index_dir, collection):
+    index = Index.load(index_dir)
+    for space in ("code", "pixel"):
+        xy = index.maps[space]
+        assert xy.shape == (60, 2) and np.isfinite(xy).all()
+    # The colour classes are far apart in pixel space: if row i were not item i they would mix.
+    xy = index.maps["pixel"]
+    centres = np.stack([xy[collection.labels == c].mean(0) for c in range(3)])
+    spread = max(np.linalg.norm(xy[collection.labels == c] - centres[c], axis=1).mean() for c in range(3))
+    gaps = [np.linalg.norm(centres[a] - centres[b]) for a, b in ((0, 1), (0, 2), (1, 2))]
+    assert min(gaps) > 2 * spread
+
+
+def test_a_map_of_the_wrong_length_is_refused(index_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(resolve(index_dir), copy)
+    np.save(copy / "map_code.npy", np.zeros((3, 2), np.float32))
+    with pytest.raises(IndexLoadError, match="map_code.npy"):
+        Index.load(copy)
 
 
 def test_a_database_image_is_its_own_first_hit_in_both_spaces(index_dir, collection):
@@ -73,15 +95,15 @@ def test_hits_are_sorted_and_carry_labels(index_dir):
 
 
 def test_seeded_builds_are_identical(tmp_path, collection, checkpoint):
-    a = build_index(collection, checkpoint, tmp_path / "a", n_trees=5, progress=False)
-    b = build_index(collection, checkpoint, tmp_path / "b", n_trees=5, progress=False)
+    a = build_index(collection, checkpoint, tmp_path / "a", n_trees=5, maps=False, progress=False)
+    b = build_index(collection, checkpoint, tmp_path / "b", n_trees=5, maps=False, progress=False)
     for name in ("codes.ann", "codes.npy", "pixels.npy", "labels.npy", "paths.json"):
         assert (resolve(a["index"]) / name).read_bytes() == (resolve(b["index"]) / name).read_bytes(), name
 
 
 def test_rebuild_swaps_atomically_and_the_old_index_keeps_serving(tmp_path, collection, checkpoint):
     out = tmp_path / "index"
-    build_index(collection, checkpoint, out, n_trees=2, progress=False)
+    build_index(collection, checkpoint, out, n_trees=2, maps=False, progress=False)
     first = resolve(out)
     old = Index.load(out)
     seen = []
@@ -92,7 +114,7 @@ def test_rebuild_swaps_atomically_and_the_old_index_keeps_serving(tmp_path, coll
             assert Index.load(out).path == first  # readers still get the complete old index
             assert old.search(5, k=3).code  # and an open one keeps answering
 
-    build_index(collection, checkpoint, out, n_trees=3, progress=False, on_step=during)
+    build_index(collection, checkpoint, out, n_trees=3, maps=False, progress=False, on_step=during)
     assert seen == [first]
     assert resolve(out) != first and read_meta(out)["n_trees"] == 3
     assert old.search(5, k=3).pixel and old.meta["n_trees"] == 2
@@ -101,7 +123,7 @@ def test_rebuild_swaps_atomically_and_the_old_index_keeps_serving(tmp_path, coll
 
 def test_a_failed_build_leaves_the_old_index_in_place(tmp_path, collection, checkpoint):
     out = tmp_path / "index"
-    build_index(collection, checkpoint, out, n_trees=2, progress=False)
+    build_index(collection, checkpoint, out, n_trees=2, maps=False, progress=False)
     first = resolve(out)
 
     def fail(step, frac):
@@ -109,14 +131,14 @@ def test_a_failed_build_leaves_the_old_index_in_place(tmp_path, collection, chec
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        build_index(collection, checkpoint, out, n_trees=3, progress=False, on_step=fail)
+        build_index(collection, checkpoint, out, n_trees=3, maps=False, progress=False, on_step=fail)
     assert resolve(out) == first and Index.load(out).meta["n_trees"] == 2
     assert not [p for p in (tmp_path / "index.builds").iterdir() if p.name.endswith(".partial")]
 
 
 def test_concurrent_readers_never_see_a_half_index(tmp_path, collection, checkpoint):
     out = tmp_path / "index"
-    build_index(collection, checkpoint, out, n_trees=2, progress=False)
+    build_index(collection, checkpoint, out, n_trees=2, maps=False, progress=False)
     errors, stop = [], threading.Event()
 
     def reader():
@@ -129,7 +151,7 @@ def test_concurrent_readers_never_see_a_half_index(tmp_path, collection, checkpo
     t = threading.Thread(target=reader)
     t.start()
     for n_trees in (3, 4, 5):
-        build_index(collection, checkpoint, out, n_trees=n_trees, progress=False)
+        build_index(collection, checkpoint, out, n_trees=n_trees, maps=False, progress=False)
     stop.set()
     t.join()
     assert errors == []
