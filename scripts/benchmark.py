@@ -34,7 +34,8 @@ def main(argv=None) -> int:
     kw = {}
     if a.quick:
         kw = dict(queries=min(a.queries, 50), scale_items=min(a.scale_items, 5000), scale_queries=20,
-                  sweep_queries=20, sweep_trees=(2, 4), sweep_search_ks=(100, 1000))
+                  sweep_queries=20, sweep_trees=(2, 4), sweep_search_ks=(100, 1000),
+                  scale_trees=4, scale_search_ks=(100, 1000))
     else:
         kw = dict(queries=a.queries, scale_items=a.scale_items)
     r = run_benchmark(collection, a.model, work_dir=Path(a.work_dir) if a.work_dir else None, **kw)
@@ -50,9 +51,11 @@ def main(argv=None) -> int:
         print(f"{name:<25} {r[key + '_p50_ms']:>10.2f} {r[key + '_p95_ms']:>8.2f}")
     print(f"Annoy recall@10 vs exact  {r['code_recall_at_10']:>10.3f}; pixel/code speed ratio "
           f"{r['pixel_over_code_speedup']:.0f}x")
-    print(f"scale: {s['items']:,} codes  build {s['build_seconds']:.0f} s, {s['index_mb']:.0f} MB (mmap); "
-          f"Annoy p50 {s['annoy_p50_ms']:.2f} ms vs exact {s['exact_p50_ms']:.1f} ms ({s['speedup']:.0f}x), "
-          f"recall@10 {s['recall_at_10']:.3f}")
+    print(f"scale: {s['items']:,} codes  build {s['build_seconds']:.0f} s ({s['n_trees']} trees), "
+          f"{s['index_mb']:.0f} MB (mmap); search_k {s['search_k']}: Annoy p50 {s['annoy_p50_ms']:.2f} ms vs exact "
+          f"{s['exact_p50_ms']:.1f} ms ({s['speedup']:.0f}x), recall@10 {s['recall_at_10']:.3f}")
+    for row in s["sweep"]:
+        print(f"  scale search_k {row['search_k']:>6}: recall@10 {row['recall_at_10']:.3f}, p50 {row['p50_ms']:.2f} ms")
     print("\nsweep (n_trees, search_k): recall@10, p50 ms")
     for row in r["sweep"]:
         print(f"  {row['n_trees']:>3} {row['search_k']:>6}: {row['recall_at_10']:.3f}  {row['p50_ms']:.3f}")

@@ -22,7 +22,8 @@ def test_quick_benchmark_produces_every_figure(tmp_path, checkpoint):
     assert 0.5 <= rep["code_recall_at_10"] <= 1.0
     s = rep["scale"]
     assert s["items"] == 5000 and s["build_seconds"] > 0 and s["annoy_p50_ms"] > 0 and s["exact_p50_ms"] > 0
-    assert 0 < s["recall_at_10"] <= 1.0 and s["memory_mapped"]
+    assert 0 < s["recall_at_10"] <= 1.0 and s["memory_mapped"] and len(s["sweep"]) == 2
+    assert 0 <= rep["pixel_exact_agreement"] <= 1 and rep["map_seconds"] > 0
     assert len(rep["sweep"]) == 4 and all(0 <= row["recall_at_10"] <= 1 for row in rep["sweep"])
     assert (tmp_path / "sweep.png").stat().st_size > 1000
     assert "scale: 5,000 codes" in r.stdout
