@@ -113,7 +113,7 @@ def realistic_codes(model, pixels: np.ndarray, n: int, seed: int = 0, batch: int
 
 def run_benchmark(collection: Collection, model_path, *, queries: int = 1000, scale_items: int = 1_000_000,
                   scale_queries: int = 200, sweep_queries: int = 300, sweep_trees=(10, 20, 40),
-                  sweep_search_ks=(1000, 2000, 4000, 8000, 16000), scale_trees: int = 32,
+                  sweep_search_ks=(1000, 2000, 4000, 8000, 10000, 16000), scale_trees: int = 32,
                   scale_search_ks=(5000, 10000, 20000, 40000), work_dir: Path | None = None,
                   progress: bool = True) -> dict:
     rng = np.random.default_rng(0)

@@ -83,10 +83,17 @@ def train(collection: Collection, out_path: str, *, model_args: ModelArgs | None
           args: TrainArgs | None = None, progress: bool = True, test: Collection | None = None) -> dict:
     """Train an auto-encoder on `collection` and save a self-describing checkpoint at `out_path`."""
     args = args or TrainArgs()
-    model_args = model_args or ModelArgs()
-    torch.manual_seed(args.seed)
+    previous_threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        return _train(collection, out_path, model_args or ModelArgs(), args, progress, test)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(collection, out_path, model_args: ModelArgs, args: TrainArgs, progress: bool, test) -> dict:
+    torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
 
@@ -129,6 +136,7 @@ def train(collection: Collection, out_path: str, *, model_args: ModelArgs | None
         epoch_means = {k: v / steps_per_epoch for k, v in sums.items()}
         history.append(epoch_means)
     bar.close()
+    test_mse_joint = reconstruction_mse(model, test.pixels) if test is not None else None
     decoder_mse = _tune_decoder(model, collection, args, g, rng, progress) if args.decoder_epochs else None
     minutes = (time.time() - started) / 60
 
@@ -136,6 +144,7 @@ def train(collection: Collection, out_path: str, *, model_args: ModelArgs | None
               "train_minutes": round(minutes, 2)}
     if test is not None:
         losses["test_mse"] = reconstruction_mse(model, test.pixels)
+        losses["test_mse_before_decoder_tuning"] = test_mse_joint
     trained_on = {"collection": collection.spec, "items": len(collection), "classes": collection.classes}
     fp = save_checkpoint(model, out_path, trained_on=trained_on, losses=losses,
                          train_args={**asdict(args), "torch": str(torch.__version__)})
