@@ -110,7 +110,7 @@ def test_map_view_shows_both_maps_with_the_query_and_its_neighbours(app):
     app.radio(key="view").set_value("Map").run()
     assert not app.exception
     assert subheaders(app) == ["Code space", "Pixel space"]
-    charts = app.get("arrow_vega_lite_chart")
+    charts = app.get("vega_lite_chart")
     assert len(charts) == 2
     assert any("Query: item 30 (green)" in c.value for c in app.caption)
     strip = app.image[-1].captions
