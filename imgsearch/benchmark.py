@@ -7,8 +7,6 @@ stable, so the report quotes both.
 from __future__ import annotations
 
 import io
-import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -23,10 +21,10 @@ from tqdm import tqdm
 
 from .data import Collection
 from .images import to_pixels
-from .index import METRIC, N_TREES, SEARCH_K, SEED, build_index
+from .index import METRIC, SEED, build_index
 from .projection import collection_maps
 from .model import encode_pixels, load_checkpoint, pixels_to_tensor
-from .search import Index, PixelSearch
+from .search import Index
 from .train import augment
 
 
@@ -181,7 +179,7 @@ def run_benchmark(collection: Collection, model_path, *, queries: int = 1000, sc
     fresh = realistic_codes(model, collection.pixels, scale_queries, seed=1)  # new views, not database rows
     exact = ExactCodeSearch(codes)
     truth, ex_times = timed(lambda q: exact.search(q, 10), fresh)
-    del exact
+    exact = None  # free the 1 GB reference matrix before searching Annoy
     rows = []
     for sk in scale_search_ks:
         found, an_times = timed(lambda q: ann.get_nns_by_vector(q, 10, search_k=sk), fresh)

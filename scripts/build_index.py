@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     print(f"Indexed {summary['items']} images into {summary['index']} in {summary['seconds']:.1f} s.")
     if summary["skipped"]:
         print(f"Skipped {len(summary['skipped'])} unreadable or non-image files, e.g.:")
-        for path, why in summary["skipped"][:5]:
+        for _, why in summary["skipped"][:5]:
             print(f"  {why}")
     return 0
 

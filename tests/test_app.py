@@ -58,7 +58,7 @@ def test_change_k(app):
     app.number_input(key="item_number").set_value(3).run()
     app.slider(key="k").set_value(4).run()
     assert len([c for c in captions(app) if "· d=" in c]) == 8
-    assert subheaders(app)[1].endswith(f"/4 share the query's class")
+    assert subheaders(app)[1].endswith("/4 share the query's class")
 
 
 def test_random_pick_and_class_pick(app):

@@ -1,6 +1,5 @@
 """Build, publish and load an index; search it; catch every mismatch."""
 import json
-import os
 import shutil
 import threading
 
