@@ -25,6 +25,7 @@ from .index import METRIC, SEED, build_index
 from .projection import collection_maps
 from .model import encode_pixels, load_checkpoint, pixels_to_tensor
 from .search import Index
+from .report import new_figure, save_figure
 from .train import augment
 
 
@@ -206,12 +207,7 @@ def run_benchmark(collection: Collection, model_path, *, queries: int = 1000, sc
 
 
 def plot_sweep(report: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    fig, ax = new_figure()
     rows = report["sweep"]
     for n_trees in sorted({r["n_trees"] for r in rows}):
         pts = [r for r in rows if r["n_trees"] == n_trees]
@@ -221,8 +217,4 @@ def plot_sweep(report: dict, path) -> None:
     ax.axhline(0.98, color="grey", linestyle=":", linewidth=1)
     ax.set(xlabel="Annoy query time, p50 (ms)", ylabel="recall@10 vs exact search",
            title=f"Annoy on {report['items']:,} codes (labels: search_k)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, ax, path)

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from .data import Collection
 from .index import METRIC, N_TREES, SEARCH_K, SEED
 from .model import encode_pixels
+from .report import new_figure, save_figure
 from .train import reconstruction_mse
 
 KS = (1, 10, 100)
@@ -172,12 +173,7 @@ def evaluate(database: Collection, queries: Collection, model, *, max_k: int = M
 
 def plot_curves(report: dict, path) -> None:
     """Precision at k = 1..100 for every representation, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    fig, ax = new_figure()
     names = {"pixels": "raw pixels", "pca": f"PCA-{report['settings']['pca_components']}",
              "codes_exact": "auto-encoder codes (exact)", "codes_served": "codes as served (Annoy)"}
     for key, label in names.items():
@@ -186,8 +182,4 @@ def plot_curves(report: dict, path) -> None:
     s = report["settings"]
     ax.set(xlabel="k", ylabel="precision at k", xscale="log",
            title=f"{s['query_items']:,} queries vs {s['database_items']:,} database images")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, ax, path)

@@ -5,11 +5,11 @@ Encoding throughput, upload latency, index build time and size, pixel/code query
 a sweep of Annoy settings, and a --scale-items run (default 1,000,000) on realistic codes.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import _path  # noqa: F401
+from imgsearch.report import write_outputs
 from imgsearch.benchmark import plot_sweep, run_benchmark
 from imgsearch.data import CollectionError, load_collection
 from imgsearch.index import DEFAULT_CHECKPOINT
@@ -59,12 +59,7 @@ def main(argv=None) -> int:
     print("\nsweep (n_trees, search_k): recall@10, p50 ms")
     for row in r["sweep"]:
         print(f"  {row['n_trees']:>3} {row['search_k']:>6}: {row['recall_at_10']:.3f}  {row['p50_ms']:.3f}")
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(r, indent=1))
-    if a.plot:
-        Path(a.plot).parent.mkdir(parents=True, exist_ok=True)
-        plot_sweep(r, a.plot)
+    write_outputs(r, a.json, a.plot, plot_sweep)
     return 0
 
 

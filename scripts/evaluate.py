@@ -5,13 +5,13 @@ P@1, P@10, P@100 and mAP@1000 for raw pixels, PCA-256, the codes (exact) and the
 served (Annoy), plus the auto-encoder's reconstruction MSE on the queries.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 import _path  # noqa: F401
+from imgsearch.report import write_outputs
 from imgsearch.data import CollectionError, load_collection
 from imgsearch.evaluate import EvaluationError, evaluate, plot_curves
 from imgsearch.index import DEFAULT_CHECKPOINT, N_TREES, SEARCH_K
@@ -62,12 +62,7 @@ def main(argv=None) -> int:
         np.savez_compressed(a.examples, query_labels=report["_query_labels"],
                             query_ids=np.arange(len(queries)), **{f"top10_{k}": v for k, v in report["_retrieved"].items()})
     public = {k: v for k, v in report.items() if not k.startswith("_")}
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(public, indent=1))
-    if a.plot:
-        Path(a.plot).parent.mkdir(parents=True, exist_ok=True)
-        plot_curves(public, a.plot)
+    write_outputs(public, a.json, a.plot, plot_curves)
     return 0
 
 
