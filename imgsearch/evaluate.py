@@ -12,11 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from annoy import AnnoyIndex
 from tqdm import tqdm
 
 from .data import Collection
-from .index import METRIC, N_TREES, SEARCH_K, SEED
+from .index import METRIC, N_TREES, SEARCH_K, SEED, build_annoy
 from .model import encode_pixels
 from .report import new_figure, save_figure
 from .train import reconstruction_mse
@@ -78,11 +77,7 @@ def exact_knn(db: np.ndarray, queries: np.ndarray, k: int, metric: str = "euclid
 def annoy_knn(db_codes: np.ndarray, query_codes: np.ndarray, k: int, *, n_trees: int = N_TREES,
               search_k: int = SEARCH_K, seed: int = SEED) -> np.ndarray:
     """Top-k ids through Annoy with the settings the app serves."""
-    ann = AnnoyIndex(db_codes.shape[1], METRIC)
-    ann.set_seed(seed)
-    for i, v in enumerate(db_codes):
-        ann.add_item(i, v)
-    ann.build(n_trees, n_jobs=1)
+    ann = build_annoy(db_codes, n_trees, seed=seed)
     out = np.full((len(query_codes), k), -1, dtype=np.int64)
 
     def one(i):

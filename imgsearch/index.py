@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 from annoy import AnnoyIndex
-from tqdm import tqdm
 
 from .data import DATA_DIR, Collection, load_collection
 from .images import PREPROCESSING
@@ -45,6 +44,23 @@ SEED = 0  # Annoy's tree-splitting seed: the same inputs give a byte-identical i
 
 class IndexLoadError(RuntimeError):
     """An index that cannot be used as asked; the message says why and what to do."""
+
+
+def build_annoy(codes: np.ndarray, n_trees: int, *, seed: int = SEED, path: Path | None = None,
+                n_jobs: int = 1) -> AnnoyIndex:
+    """A seeded Annoy index over the codes, item i = row i.
+
+    One thread keeps the tree order, and so the file, deterministic; `path` builds on disk,
+    for indexes too large to hold twice in memory.
+    """
+    ann = AnnoyIndex(codes.shape[1], METRIC)
+    ann.set_seed(seed)
+    if path is not None:
+        ann.on_disk_build(str(path))
+    for i, v in enumerate(codes):
+        ann.add_item(i, v)
+    ann.build(n_trees, n_jobs=n_jobs)
+    return ann
 
 
 def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLike = DEFAULT_CHECKPOINT,
@@ -72,11 +88,7 @@ def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLik
     tmp_dir = build_dir.with_name(build_dir.name + ".partial")
     tmp_dir.mkdir()
     try:
-        ann = AnnoyIndex(codes.shape[1], METRIC)
-        ann.set_seed(seed)
-        for i in tqdm(range(len(codes)), desc="adding codes", unit="item", disable=not progress, mininterval=0.5):
-            ann.add_item(i, codes[i])
-        ann.build(n_trees, n_jobs=1)  # one thread: tree order, and so the file, stays deterministic
+        ann = build_annoy(codes, n_trees, seed=seed)
         ann.save(str(tmp_dir / "codes.ann"))
         ann.unload()
         map_seconds = None
