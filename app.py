@@ -113,8 +113,7 @@ def query_view_ui(index: Index, pixels: np.ndarray, query_label: str | None, cap
         st.markdown(f"Query class: **{query_label}**")
 
 
-def results_ui(index: Index, hits, space: str, title: str, query_label: str | None) -> None:
-    matches = sum(h.label == query_label for h in hits) if query_label else None
+def results_ui(index: Index, hits, space: str, title: str, query_label: str | None, matches: int | None) -> None:
     header = f"{title}: {matches}/{len(hits)} share the query's class" if matches is not None else title
     st.subheader(header)
     for row in range(0, len(hits), PER_ROW):
@@ -131,7 +130,7 @@ def results_ui(index: Index, hits, space: str, title: str, query_label: str | No
 def map_chart(index: Index, space: str, query_id, neighbour_ids) -> alt.LayerChart:
     """Every item a dot coloured by class; the query (star) and its neighbours drawn on top."""
     points = map_points(index, space)
-    marked = map_highlights(index, space, query_id, neighbour_ids)
+    marked = map_highlights(index, points, query_id, neighbour_ids)
     pick = alt.selection_point(name="pick", fields=["id"], on="click")
     colour = alt.Color("label:N", legend=alt.Legend(title="class", orient="bottom", columns=5))
     axis = alt.Axis(labels=False, ticks=False, title=None, grid=False)
@@ -241,11 +240,12 @@ def main() -> None:
     query_view_ui(index, results.query_pixels, query_label, caption)
     st.caption(f"Searched {len(index):,} images in {took * 1000:.0f} ms"
                + (" (the query itself is left out)." if results.query_id is not None else "."))
+    matches = results.agreement(query_label) or {}
     pixel_col, code_col = st.columns(2, gap="large")
     with pixel_col:
-        results_ui(index, results.pixel, "pixel", "Pixel space", query_label)
+        results_ui(index, results.pixel, "pixel", "Pixel space", query_label, matches.get("pixel"))
     with code_col:
-        results_ui(index, results.code, "code", "Code space", query_label)
+        results_ui(index, results.code, "code", "Code space", query_label, matches.get("code"))
 
 
 if __name__ == "__main__":

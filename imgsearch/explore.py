@@ -32,9 +32,10 @@ def map_points(index: Index, space: str) -> pd.DataFrame:
     return pd.DataFrame({"id": np.arange(len(xy)), "x": xy[:, 0], "y": xy[:, 1], "label": labels})
 
 
-def map_highlights(index: Index, space: str, query_id: int | None, neighbour_ids: list[int],
+def map_highlights(index: Index, points: pd.DataFrame, query_id: int | None, neighbour_ids: list[int],
                    seed: int = 0) -> pd.DataFrame:
-    """The query, its code-space neighbours and a random sample, each with a thumbnail for hovering."""
+    """Rows of `points` (from map_points) for the query, its code-space neighbours and a random
+    sample, each with a thumbnail for hovering."""
     rng = np.random.default_rng(seed)
     sample = rng.choice(len(index), min(THUMBNAIL_SAMPLE, len(index)), replace=False)
     roles = {int(i): "sample" for i in sample}
@@ -42,5 +43,4 @@ def map_highlights(index: Index, space: str, query_id: int | None, neighbour_ids
     if query_id is not None:
         roles[int(query_id)] = "query"
     ids = np.array(list(roles), dtype=int)
-    points = map_points(index, space).iloc[ids]
-    return points.assign(role=[roles[i] for i in ids], image=[data_url(index.thumbnail(i)) for i in ids])
+    return points.iloc[ids].assign(role=[roles[i] for i in ids], image=[data_url(index.thumbnail(i)) for i in ids])

@@ -30,7 +30,7 @@ class Disagreements:
 
 def disagreements(index: Index, label: str, *, n_queries: int = 100, seed: int = 0, on_progress=None) -> Disagreements:
     """Sample up to n_queries items of `label`; sort them by which space's top-1 got the class right."""
-    ids = np.flatnonzero(index.labels == index.classes.index(label))
+    ids = index.items_of(label)
     rng = np.random.default_rng(seed)
     sample = rng.choice(ids, min(n_queries, len(ids)), replace=False)
     out = Disagreements(label)

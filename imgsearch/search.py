@@ -191,12 +191,15 @@ class Index:
         lab = int(self.labels[i])
         return self.classes[lab] if lab >= 0 else None
 
+    def items_of(self, label: str) -> np.ndarray:
+        """Ids of the items of one class."""
+        return np.flatnonzero(self.labels == self.classes.index(label))
+
     def random_item(self, rng: np.random.Generator, label: str | None = None) -> int:
         """A random item id, of one class when `label` is given."""
         if label is None:
             return int(rng.integers(len(self)))
-        ids = np.flatnonzero(self.labels == self.classes.index(label))
-        return int(rng.choice(ids))
+        return int(rng.choice(self.items_of(label)))
 
     def thumbnail(self, i: int) -> np.ndarray:
         return self.pixels[i]
