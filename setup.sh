@@ -7,3 +7,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/pip install -q --disable-pip-version-check -r "${1:-requirements.txt}"
+# The package itself, editable, with the `imgsearch` command; its dependencies are the pinned ones above.
+if ! .venv/bin/python -c "import imgsearch.cli" 2>/dev/null || [ ! -x .venv/bin/imgsearch ]; then
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+fi

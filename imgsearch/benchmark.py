@@ -74,9 +74,8 @@ def sweep(codes: np.ndarray, queries: np.ndarray, truth: list, trees=(10, 20, 40
 
 def rss_of_loaded_index(index_dir: Path) -> float:
     """Resident memory (MB) of a fresh process that has loaded the model and the index."""
-    code = ("import sys; sys.path.insert(0, %r); from imgsearch.search import Index; i = Index.load(%r); "
-            "i.search(0, k=10); print([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])"
-            % (str(Path(__file__).resolve().parent.parent), str(index_dir)))
+    code = ("from imgsearch.search import Index; i = Index.load(%r); i.search(0, k=10); "
+            "print([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])" % str(index_dir))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return round(int(out.stdout.strip().splitlines()[-1]) / 1024, 1)
 
@@ -192,6 +191,30 @@ def run_benchmark(collection: Collection, model_path, *, queries: int = 1000, sc
     }
     ann.unload()
     return report
+
+
+
+def print_report(r: dict) -> None:
+    """The benchmark's figures as a short table on stdout."""
+    s = r["scale"]
+    print(f"\n{r['items']:,} images from {r['collection']}, model {r['model']}, {r['threads']} torch threads")
+    print(f"encoding                  {r['encode_images_per_s']:>10,.0f} images/s; one upload "
+          f"p50 {r['upload_encode_p50_ms']:.1f} ms")
+    print(f"index build               {r['build_seconds']:>10.1f} s, {r['index_mb']:.0f} MB on disk "
+          f"(Annoy {r['ann_mb']:.0f} MB); process RSS {r['rss_mb']:.0f} MB")
+    print(f"{'query, k=10':<25} {'p50 ms':>10} {'p95 ms':>8}")
+    for name, key in (("pixel space, exact", "pixel"), ("code space, Annoy", "code"), ("code space, exact", "exact_code")):
+        print(f"{name:<25} {r[key + '_p50_ms']:>10.2f} {r[key + '_p95_ms']:>8.2f}")
+    print(f"Annoy recall@10 vs exact  {r['code_recall_at_10']:>10.3f}; pixel/code speed ratio "
+          f"{r['pixel_over_code_speedup']:.0f}x")
+    print(f"scale: {s['items']:,} codes  build {s['build_seconds']:.0f} s ({s['n_trees']} trees), "
+          f"{s['index_mb']:.0f} MB (mmap); search_k {s['search_k']}: Annoy p50 {s['annoy_p50_ms']:.2f} ms vs exact "
+          f"{s['exact_p50_ms']:.1f} ms ({s['speedup']:.0f}x), recall@10 {s['recall_at_10']:.3f}")
+    for row in s["sweep"]:
+        print(f"  scale search_k {row['search_k']:>6}: recall@10 {row['recall_at_10']:.3f}, p50 {row['p50_ms']:.2f} ms")
+    print("\nsweep (n_trees, search_k): recall@10, p50 ms")
+    for row in r["sweep"]:
+        print(f"  {row['n_trees']:>3} {row['search_k']:>6}: {row['recall_at_10']:.3f}  {row['p50_ms']:.3f}")
 
 
 def plot_sweep(report: dict, path) -> None:

@@ -1,5 +1,4 @@
 """Small generated data, shared by the tests: a labelled folder of images, a tiny model, an index."""
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -7,11 +6,10 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from imgsearch.data import load_folder  # noqa: E402
-from imgsearch.index import build_index  # noqa: E402
-from imgsearch.model import ConvAutoEncoder, ModelArgs, save_checkpoint  # noqa: E402
+from imgsearch.data import load_folder
+from imgsearch.index import build_index
+from imgsearch.model import ConvAutoEncoder, ModelArgs, save_checkpoint
 
 OFFLINE = ROOT.parent / "shared" / "datasets" / "cifar10-jpg"
 CLASSES = ("blue", "green", "red")

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -54,3 +55,16 @@ def test_search_without_an_index_is_one_sentence(tmp_path):
 def test_build_index_on_a_missing_folder_is_one_sentence(tmp_path):
     r = run("scripts/build_index.py", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "i"))
     assert r.returncode == 1 and "Traceback" not in r.stderr and "not a folder" in r.stderr
+
+
+def test_imgsearch_command_lists_every_subcommand():
+    r = subprocess.run([str(Path(sys.executable).parent / "imgsearch"), "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    for name in ("train", "build-index", "search", "evaluate", "benchmark", "serve"):
+        assert name in r.stdout
+
+
+def test_scripts_and_subcommands_are_one_program():
+    r = run("scripts/build_index.py", "--help")
+    assert r.returncode == 0 and "--n-trees" in r.stdout and "scripts/build_index.py" in r.stdout
+    assert "sys.path" not in "".join(p.read_text() for p in (ROOT / "scripts").glob("*.py"))

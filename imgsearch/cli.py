@@ -1,0 +1,281 @@
+"""The `imgsearch` command: one subcommand per stage, each only parsing arguments and calling
+the package's function for it.
+
+    imgsearch train | build-index | search | evaluate | benchmark | serve   (imgsearch --help)
+
+`scripts/*.py` run the same subcommands, so `python scripts/search.py ...` and
+`imgsearch search ...` are one program.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+COMMANDS: dict[str, tuple] = {}  # name -> (help, add_arguments, run)
+
+
+def command(name: str, help: str):
+    """Register `add_arguments(parser)` under `name`; the function returns the runner."""
+    def register(add_arguments):
+        COMMANDS[name] = (help, add_arguments)
+        return add_arguments
+    return register
+
+
+def fail(message: str, code: int = 1) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+# ---- train ---------------------------------------------------------------------------------
+
+@command("train", "train the auto-encoder on a collection")
+def train_arguments(p: argparse.ArgumentParser):
+    from .model import ModelArgs
+    from .train import TrainArgs
+
+    p.add_argument("--data", default="cifar10", help="training collection: cifar10 or a folder (default: cifar10)")
+    p.add_argument("--test-data", default=None, help="optional held-out collection: its reconstruction MSE is stored")
+    p.add_argument("--out", default="data/model.pt", help="checkpoint path (default: data/model.pt)")
+    for f in fields(ModelArgs) + fields(TrainArgs):  # every default lives in one place: the dataclasses
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+
+    def run(a) -> int:
+        from .data import CollectionError, load_collection
+        from .train import train
+
+        model_args = ModelArgs(**{f.name: getattr(a, f.name) for f in fields(ModelArgs)})
+        train_args = TrainArgs(**{f.name: getattr(a, f.name) for f in fields(TrainArgs)})
+        try:
+            data = load_collection(a.data)
+            test = load_collection(a.test_data) if a.test_data else None
+        except CollectionError as e:
+            return fail(str(e))
+        result = train(data, a.out, model_args=model_args, args=train_args, test=test)
+        summary = {k: result[k] for k in ("path", "fingerprint", "final_train", "train_minutes")}
+        if "test_mse" in result:
+            summary["test_mse"] = result["test_mse"]
+        print(json.dumps(summary, indent=1))
+        return 0
+    return run
+
+
+# ---- build-index ---------------------------------------------------------------------------
+
+@command("build-index", "encode a collection and publish its index")
+def build_index_arguments(p: argparse.ArgumentParser):
+    from .index import DEFAULT_CHECKPOINT, DEFAULT_INDEX, N_TREES, SEARCH_K, SEED
+
+    p.add_argument("--data", default="cifar10", help="cifar10, cifar10:test, or a folder of images (default: cifar10)")
+    p.add_argument("--model", default=str(DEFAULT_CHECKPOINT), help="auto-encoder checkpoint (default: the shipped one)")
+    p.add_argument("--out", default=str(DEFAULT_INDEX), help=f"index directory (default: {DEFAULT_INDEX})")
+    p.add_argument("--n-trees", type=int, default=N_TREES, help=f"Annoy trees (default: {N_TREES})")
+    p.add_argument("--search-k", type=int, default=SEARCH_K, help=f"Annoy nodes inspected per query (default: {SEARCH_K})")
+    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--no-maps", action="store_true", help="skip the 2-D maps of the collection (saves ~10 s on 50,000 images)")
+
+    def run(a) -> int:
+        from .data import CollectionError
+        from .index import build_index
+        from .model import CheckpointError
+
+        try:
+            summary = build_index(a.data, a.model, a.out, n_trees=a.n_trees, search_k=a.search_k, seed=a.seed,
+                                  maps=not a.no_maps)
+        except (CollectionError, CheckpointError) as e:
+            return fail(str(e))
+        print(f"Indexed {summary['items']} images into {summary['index']} in {summary['seconds']:.1f} s.")
+        if summary["skipped"]:
+            print(f"Skipped {len(summary['skipped'])} unreadable or non-image files, e.g.:")
+            for _, why in summary["skipped"][:5]:
+                print(f"  {why}")
+        return 0
+    return run
+
+
+# ---- search --------------------------------------------------------------------------------
+
+@command("search", "find an image's nearest neighbours in a built index")
+def search_arguments(p: argparse.ArgumentParser):
+    from .index import DEFAULT_INDEX
+
+    p.add_argument("image", help="an image file")
+    p.add_argument("--index", default=str(DEFAULT_INDEX), help=f"index directory (default: {DEFAULT_INDEX})")
+    p.add_argument("-k", type=int, default=10, help="neighbours per space (default: 10)")
+    p.add_argument("--json", action="store_true", help='print one JSON object {"pixel": [...], "code": [...]}')
+
+    def run(a) -> int:
+        from .images import ImageError
+        from .index import IndexLoadError
+        from .search import Index
+
+        if a.k < 1:
+            p.error("-k must be at least 1")
+        try:
+            index = Index.load(a.index)
+            results = index.search(a.image, k=a.k)
+        except (ImageError, IndexLoadError) as e:
+            return fail(str(e), 2)
+        if a.json:
+            print(json.dumps(results.to_dict(), indent=1))
+            return 0
+        for space, hits in (("pixel space (exact Euclidean)", results.pixel), ("code space (Annoy, angular)", results.code)):
+            print(f"\n{space}")
+            print(f"{'rank':>4} {'id':>7} {'distance':>9}  {'label':<12} path")
+            for rank, h in enumerate(hits, 1):
+                print(f"{rank:>4} {h.id:>7} {h.distance:>9.4f}  {str(h.label or '-'):<12} {h.path or '-'}")
+        return 0
+    return run
+
+
+# ---- evaluate ------------------------------------------------------------------------------
+
+EVALUATED = {"pixels": "raw pixels", "pca": "PCA", "codes_exact": "codes, exact", "codes_served": "codes, as served"}
+
+
+@command("evaluate", "measure retrieval quality (P@k, mAP@1000) of every representation")
+def evaluate_arguments(p: argparse.ArgumentParser):
+    from .index import DEFAULT_CHECKPOINT, N_TREES, SEARCH_K
+
+    p.add_argument("--database", default="cifar10", help="collection searched (default: cifar10 = the train split)")
+    p.add_argument("--queries", default="cifar10:test", help="query collection (default: cifar10:test)")
+    p.add_argument("--model", default=str(DEFAULT_CHECKPOINT), help="checkpoint (default: the shipped one)")
+    p.add_argument("--limit-queries", type=int, default=0, help="use a random subset of N queries (quick run)")
+    p.add_argument("--n-trees", type=int, default=N_TREES)
+    p.add_argument("--search-k", type=int, default=SEARCH_K)
+    p.add_argument("--json", help="write the figures to this JSON file")
+    p.add_argument("--plot", help="write the precision-at-k plot to this PNG")
+    p.add_argument("--examples", help="write each query's top-10 ids per representation to this .npz")
+
+    def run(a) -> int:
+        import numpy as np
+
+        from .data import CollectionError, load_collection
+        from .evaluate import EvaluationError, evaluate, plot_curves
+        from .model import CheckpointError, load_checkpoint
+        from .report import write_outputs
+
+        try:
+            model, info = load_checkpoint(a.model)
+            database = load_collection(a.database)
+            queries = load_collection(a.queries)
+        except (CollectionError, CheckpointError) as e:
+            return fail(str(e))
+        if a.limit_queries:
+            queries = queries.subset(a.limit_queries)
+        try:
+            report = evaluate(database, queries, model, n_trees=a.n_trees, search_k=a.search_k)
+        except EvaluationError as e:
+            return fail(str(e))
+        report["settings"]["model"] = info["fingerprint"]
+
+        print(f"\n{len(queries):,} queries ({queries.spec}) against {len(database):,} images ({database.spec}); "
+              f"model {info['fingerprint']}")
+        print(f"{'representation':<18} {'P@1':>7} {'P@10':>7} {'P@100':>7} {'mAP@1000':>9}")
+        for key, name in EVALUATED.items():
+            r = report[key]
+            print(f"{name:<18} {r['P@1']:>7.3f} {r['P@10']:>7.3f} {r['P@100']:>7.3f} {r['mAP@1000']:>9.3f}")
+        print(f"reconstruction MSE on the queries: {report['reconstruction_mse']:.4f}")
+
+        if a.examples:
+            Path(a.examples).parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(a.examples, query_labels=report["_query_labels"], query_ids=np.arange(len(queries)),
+                                **{f"top10_{k}": v for k, v in report["_retrieved"].items()})
+        public = {k: v for k, v in report.items() if not k.startswith("_")}
+        write_outputs(public, a.json, a.plot, plot_curves)
+        return 0
+    return run
+
+
+# ---- benchmark -----------------------------------------------------------------------------
+
+@command("benchmark", "measure encoding, build and query speed, and the million-code scale run")
+def benchmark_arguments(p: argparse.ArgumentParser):
+    from .index import DEFAULT_CHECKPOINT
+
+    p.add_argument("--data", default="cifar10", help="collection to index (default: cifar10 = the train split)")
+    p.add_argument("--model", default=str(DEFAULT_CHECKPOINT))
+    p.add_argument("--queries", type=int, default=1000, help="single queries timed per space (default: 1000)")
+    p.add_argument("--scale-items", type=int, default=1_000_000, help="codes in the scale run (default: 1,000,000)")
+    p.add_argument("--quick", action="store_true", help="small everything: checks the figures, not the speed")
+    p.add_argument("--work-dir", help="where the benchmark's indexes are written (default: a temporary folder)")
+    p.add_argument("--json", help="write the report to this JSON file")
+    p.add_argument("--plot", help="write the recall-vs-latency plot to this PNG")
+
+    def run(a) -> int:
+        from .benchmark import plot_sweep, print_report, run_benchmark
+        from .data import CollectionError, load_collection
+        from .report import write_outputs
+
+        try:
+            collection = load_collection(a.data)
+        except CollectionError as e:
+            return fail(str(e))
+        if a.quick:
+            kw = dict(queries=min(a.queries, 50), scale_items=min(a.scale_items, 5000), scale_queries=20,
+                      sweep_queries=20, sweep_trees=(2, 4), sweep_search_ks=(100, 1000),
+                      scale_trees=4, scale_search_ks=(100, 1000))
+        else:
+            kw = dict(queries=a.queries, scale_items=a.scale_items)
+        report = run_benchmark(collection, a.model, work_dir=Path(a.work_dir) if a.work_dir else None, **kw)
+        print_report(report)
+        write_outputs(report, a.json, a.plot, plot_sweep)
+        return 0
+    return run
+
+
+# ---- serve ---------------------------------------------------------------------------------
+
+APP = Path(__file__).resolve().parent.parent / "app.py"
+
+
+@command("serve", "serve the Streamlit page over an index")
+def serve_arguments(p: argparse.ArgumentParser):
+    from .index import DEFAULT_INDEX
+
+    p.add_argument("--index", default=os.environ.get("IMGSEARCH_INDEX", str(DEFAULT_INDEX)),
+                   help=f"index directory (default: $IMGSEARCH_INDEX or {DEFAULT_INDEX})")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--address", default="127.0.0.1",
+                   help="interface to listen on (default: 127.0.0.1; 0.0.0.0 serves everyone who can reach the machine)")
+
+    def run(a) -> int:
+        if not APP.is_file():
+            return fail(f"The page {APP} is missing: serve from a checkout of the repository (pip install -e .).")
+        env = {**os.environ, "IMGSEARCH_INDEX": a.index}
+        cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(a.port),
+               "--server.address", a.address]
+        return subprocess.call(cmd, env=env, cwd=APP.parent)
+    return run
+
+
+# ---- entry points --------------------------------------------------------------------------
+
+def _parser(name: str, prog: str | None = None, subparsers=None) -> tuple[argparse.ArgumentParser, object]:
+    help, add_arguments = COMMANDS[name]
+    if subparsers is None:
+        p = argparse.ArgumentParser(prog=prog, description=help)
+    else:
+        p = subparsers.add_parser(name, help=help, description=help)
+    return p, add_arguments(p)
+
+
+def main(argv=None) -> int:
+    """`imgsearch SUBCOMMAND ...`"""
+    top = argparse.ArgumentParser(prog="imgsearch", description="Find similar images in pixel space and in a "
+                                                                "convolutional auto-encoder's code space.")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    runners = {name: _parser(name, subparsers=sub)[1] for name in COMMANDS}
+    a = top.parse_args(argv)
+    return runners[a.command](a)
+
+
+def script(name: str, argv=None) -> int:
+    """`python scripts/NAME.py ...`: the one subcommand, with the script's name in its usage line."""
+    p, run = _parser(name, prog=f"scripts/{name.replace('-', '_')}.py")
+    return run(p.parse_args(argv))
