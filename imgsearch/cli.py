@@ -36,33 +36,9 @@ def fail(message: str, code: int = 1) -> int:
 
 @command("train", "train the auto-encoder on a collection")
 def train_arguments(p: argparse.ArgumentParser):
-    from .model import ModelArgs
-    from .train import TrainArgs
+    from .train import add_arguments  # its flags come from TrainArgs/ModelArgs, so they live beside them
 
-    p.add_argument("--data", default="cifar10", help="training collection: cifar10 or a folder (default: cifar10)")
-    p.add_argument("--test-data", default=None, help="optional held-out collection: its reconstruction MSE is stored")
-    p.add_argument("--out", default="data/model.pt", help="checkpoint path (default: data/model.pt)")
-    for f in fields(ModelArgs) + fields(TrainArgs):  # every default lives in one place: the dataclasses
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
-
-    def run(a) -> int:
-        from .data import CollectionError, load_collection
-        from .train import train
-
-        model_args = ModelArgs(**{f.name: getattr(a, f.name) for f in fields(ModelArgs)})
-        train_args = TrainArgs(**{f.name: getattr(a, f.name) for f in fields(TrainArgs)})
-        try:
-            data = load_collection(a.data)
-            test = load_collection(a.test_data) if a.test_data else None
-        except CollectionError as e:
-            return fail(str(e))
-        result = train(data, a.out, model_args=model_args, args=train_args, test=test)
-        summary = {k: result[k] for k in ("path", "fingerprint", "final_train", "train_minutes")}
-        if "test_mse" in result:
-            summary["test_mse"] = result["test_mse"]
-        print(json.dumps(summary, indent=1))
-        return 0
-    return run
+    return add_arguments(p)
 
 
 # ---- build-index ---------------------------------------------------------------------------

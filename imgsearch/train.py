@@ -10,6 +10,7 @@ more than the model on two CPU cores.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -190,3 +191,34 @@ def reconstruction_mse(model: ConvAutoEncoder, pixels: np.ndarray, batch_size: i
         x = pixels_to_tensor(pixels[s:s + batch_size])
         total += float(F.mse_loss(model(x), x, reduction="sum"))
     return total / (len(pixels) * 3 * 32 * 32)
+
+
+def add_arguments(p) -> "callable":
+    """The `imgsearch train` flags (one per TrainArgs/ModelArgs field); returns the runner."""
+    import json
+    from dataclasses import fields
+
+    from .data import CollectionError, load_collection
+
+    p.add_argument("--data", default="cifar10", help="training collection: cifar10 or a folder (default: cifar10)")
+    p.add_argument("--test-data", default=None, help="optional held-out collection: its reconstruction MSE is stored")
+    p.add_argument("--out", default="data/model.pt", help="checkpoint path (default: data/model.pt)")
+    for f in fields(ModelArgs) + fields(TrainArgs):  # every default lives in one place: the dataclasses
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+
+    def run(a) -> int:
+        model_args = ModelArgs(**{f.name: getattr(a, f.name) for f in fields(ModelArgs)})
+        train_args = TrainArgs(**{f.name: getattr(a, f.name) for f in fields(TrainArgs)})
+        try:
+            data = load_collection(a.data)
+            test = load_collection(a.test_data) if a.test_data else None
+        except CollectionError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        result = train(data, a.out, model_args=model_args, args=train_args, test=test)
+        summary = {k: result[k] for k in ("path", "fingerprint", "final_train", "train_minutes")}
+        if "test_mse" in result:
+            summary["test_mse"] = result["test_mse"]
+        print(json.dumps(summary, indent=1))
+        return 0
+    return run
