@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ class ModelArgs:
     code_dim: int = 256  # Krizhevsky & Hinton's code length for 32x32 images
     width: int = 32  # channels of the first block; each pooling doubles them (32-64-128-256)
     proj_dim: int = 128  # the contrastive head's output; training only, never part of the code
+    depth: int = 1  # conv blocks at each of the two smallest resolutions (8x8, 4x4); extra ones are cheap there
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -36,11 +38,13 @@ class ConvAutoEncoder(nn.Module):
         super().__init__()
         self.args = args or ModelArgs(**kwargs)
         w, d = self.args.width, self.args.code_dim
+        # depth 1 keeps the module indices of the first checkpoints, so they still load
+        extra = self.args.depth - 1
         self.encoder = nn.Sequential(
             _block(3, w), nn.MaxPool2d(2),  # (B, w, 16, 16)
             _block(w, 2 * w), nn.MaxPool2d(2),  # (B, 2w, 8, 8)
-            _block(2 * w, 4 * w), nn.MaxPool2d(2),  # (B, 4w, 4, 4)
-            _block(4 * w, 8 * w),  # (B, 8w, 4, 4)
+            _block(2 * w, 4 * w), *[_block(4 * w, 4 * w) for _ in range(extra)], nn.MaxPool2d(2),  # (B, 4w, 4, 4)
+            _block(4 * w, 8 * w), *[_block(8 * w, 8 * w) for _ in range(extra)],  # (B, 8w, 4, 4)
             nn.Flatten(),
             nn.Linear(8 * w * 16, d),
             # Centres and scales every code dimension, so angular distance compares
@@ -110,26 +114,41 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message says why."""
 
 
+TRAINING_ONLY = ("projector.",)  # state_dict prefixes serving never uses: not shipped
+
+
 def save_checkpoint(model: ConvAutoEncoder, path: str | Path, *, trained_on: dict, losses: dict,
-                    train_args: dict) -> str:
-    """Write a self-describing checkpoint; returns its fingerprint."""
+                    train_args: dict, extra: dict | None = None) -> str:
+    """Write a self-describing checkpoint (encoder, decoder, arguments, figures); returns its fingerprint.
+
+    `extra` adds top-level entries (the machine, the training time); load_checkpoint's info carries them.
+    """
     ckpt = {
+        **(extra or {}),
         "format": "imgsearch-autoencoder-v1",
         "model_args": asdict(model.args),
         "preprocessing": PREPROCESSING,
         "trained_on": trained_on,
         "train_args": train_args,
         "losses": losses,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith(TRAINING_ONLY)},
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save(ckpt, buf)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
+    write_atomically(path, buf.getvalue())
     return fingerprint(path)
+
+
+def write_atomically(path: str | Path, data: bytes) -> None:
+    """A reader (or a run killed mid-write) sees the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
 
 
 def fingerprint(path: str | Path) -> str:
@@ -153,7 +172,11 @@ def load_checkpoint(path: str | Path) -> tuple[ConvAutoEncoder, dict]:
                               f"{PREPROCESSING['size']}px.")
     try:
         model = ConvAutoEncoder(ModelArgs(**ckpt["model_args"]))
-        model.load_state_dict(ckpt["state_dict"])
+        missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+        # the projection head is left out of shipped checkpoints (older ones still carry it)
+        missing = [k for k in missing if not k.startswith(TRAINING_ONLY)]
+        if missing or unexpected:
+            raise KeyError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
     except (TypeError, RuntimeError, KeyError) as e:
         raise CheckpointError(f"{path} does not match the model its arguments describe ({_first_line(e)}).") from None
     model.eval()

@@ -6,13 +6,21 @@ and an InfoNCE term asks the two views' projected codes to match (a strong form 
 contractive training: small changes of the input barely move the code).
 Augmentation runs on whole batches as tensor ops: per-image PIL transforms would cost
 more than the model on two CPU cores.
+
+A run saves its whole state (model, optimisers, schedules, random generators, history) after
+every epoch next to its output, so `resume=True` continues a killed run from its last
+finished epoch and ends where the uninterrupted run would have.
 """
 from __future__ import annotations
 
+import io
 import math
+import os
+import platform
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +28,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data import Collection
-from .model import ConvAutoEncoder, ModelArgs, pixels_to_tensor, save_checkpoint
+from .model import ConvAutoEncoder, ModelArgs, pixels_to_tensor, save_checkpoint, write_atomically
 
 
 @dataclass
@@ -39,9 +47,37 @@ class TrainArgs:
     threads: int = 0  # torch threads; 0 = torch's default (all cores)
 
 
+# Named recipes: TrainArgs / ModelArgs values that differ from the dataclass defaults.
+PRESETS: dict[str, dict] = {
+    # The dataclass defaults: what a person runs on their own collection, <= 30 minutes here.
+    "default": {},
+    # The shipped model: the same objective, trained as long as the 3-hour budget on this
+    # 2-core machine allows, since training length was the lever that measured best.
+    "shipped": {"epochs": 100},
+}
+_RUN_ONLY = ("threads",)  # how a run is executed, not what it computes: may change on resume
+
+
+def preset(name: str, **overrides) -> tuple[TrainArgs, ModelArgs]:
+    """The named recipe's (TrainArgs, ModelArgs), with `overrides` (field=value) applied."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+    values = {**PRESETS[name], **overrides}
+    train_names, model_names = {f.name for f in fields(TrainArgs)}, {f.name for f in fields(ModelArgs)}
+    unknown = set(values) - train_names - model_names
+    if unknown:
+        raise ValueError(f"Unknown training argument(s): {', '.join(sorted(unknown))}.")
+    return (TrainArgs(**{k: v for k, v in values.items() if k in train_names}),
+            ModelArgs(**{k: v for k, v in values.items() if k in model_names}))
+
+
 def augment(x: torch.Tensor, g: torch.Generator, crop_scale: float) -> torch.Tensor:
-    """Random resized crop + horizontal flip + colour jitter + random greyscale, batched."""
-    b = len(x)
+    """Random resized crop + horizontal flip + colour jitter + random greyscale, batched.
+
+    The random numbers come from `g` on the CPU whatever device `x` is on, so a run draws the
+    same augmentations on a GPU as on a CPU.
+    """
+    b, dev = len(x), x.device
     area = torch.empty(b).uniform_(crop_scale, 1.0, generator=g)
     log_ratio = torch.empty(b).uniform_(math.log(3 / 4), math.log(4 / 3), generator=g)
     ratio = log_ratio.exp()
@@ -53,19 +89,19 @@ def augment(x: torch.Tensor, g: torch.Generator, crop_scale: float) -> torch.Ten
     theta = torch.zeros(b, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2] = sx * flip, tx
     theta[:, 1, 1], theta[:, 1, 2] = sy, ty
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(dev), list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
     jitter = (torch.rand(b, generator=g) < 0.8).float().view(b, 1, 1, 1)
     def factor(strength):
-        return 1 + jitter * (torch.rand(b, 1, 1, 1, generator=g) * 2 - 1) * strength
+        return (1 + jitter * (torch.rand(b, 1, 1, 1, generator=g) * 2 - 1) * strength).to(dev)
     grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
     x = x * factor(0.4)  # brightness
     mean = grey.mean(dim=(2, 3), keepdim=True)
     x = (x - mean) * factor(0.4) + mean  # contrast
     grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
     x = (x - grey) * factor(0.4) + grey  # saturation
-    to_grey = (torch.rand(b, 1, 1, 1, generator=g) < 0.2).float()
+    to_grey = (torch.rand(b, 1, 1, 1, generator=g) < 0.2).float().to(dev)
     x = to_grey * grey.expand_as(x) + (1 - to_grey) * x
     return x.clamp(0, 1)
 
@@ -76,99 +112,164 @@ def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Te
     sim = z @ z.t() / temperature
     sim.fill_diagonal_(float("-inf"))
     b = len(z1)
-    target = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)])
+    target = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
     return F.cross_entropy(sim, target)
 
 
+def resolve_device(device: str = "auto") -> torch.device:
+    """"auto": the GPU when there is one, else the CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is available here.")
+    return torch.device(device)
+
+
+def machine(device: torch.device) -> dict:
+    """What a training time was measured on."""
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu or platform.machine(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+            "torch": str(torch.__version__), "python": platform.python_version(), "platform": platform.platform(),
+            "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def state_path(out_path: str | Path) -> Path:
+    """Where a run keeps its resume state: beside its output."""
+    return Path(str(out_path) + ".state")
+
+
 def train(collection: Collection, out_path: str, *, model_args: ModelArgs | None = None,
-          args: TrainArgs | None = None, progress: bool = True, test: Collection | None = None) -> dict:
-    """Train an auto-encoder on `collection` and save a self-describing checkpoint at `out_path`."""
+          args: TrainArgs | None = None, progress: bool = True, test: Collection | None = None,
+          resume: bool = False, device: str = "auto", preset_name: str | None = None) -> dict:
+    """Train an auto-encoder on `collection` and save a self-describing checkpoint at `out_path`.
+
+    The run's state is saved after every epoch at state_path(out_path); resume=True continues
+    from it (the arguments must be the ones it was started with).
+    """
     args = args or TrainArgs()
     previous_threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        return _train(collection, out_path, model_args or ModelArgs(), args, progress, test)
+        return _train(collection, Path(out_path), model_args or ModelArgs(), args, progress, test, resume,
+                      resolve_device(device), preset_name)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _train(collection, out_path, model_args: ModelArgs, args: TrainArgs, progress: bool, test) -> dict:
+def _train(collection, out_path: Path, model_args: ModelArgs, args: TrainArgs, progress: bool, test,
+           resume: bool, device: torch.device, preset_name) -> dict:
+    steps = len(collection) // args.batch_size
+    if steps == 0:
+        raise ValueError(f"The collection has {len(collection)} images, fewer than one batch ({args.batch_size}).")
     torch.manual_seed(args.seed)
-    g = torch.Generator().manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
+    g = torch.Generator().manual_seed(args.seed)  # augmentation and noise, on the CPU for every device
+    rng = np.random.default_rng(args.seed)  # batch order
 
     # channels_last: ~25% faster convolutions on CPU, same numbers
-    model = ConvAutoEncoder(model_args).to(memory_format=torch.channels_last)
+    model = ConvAutoEncoder(model_args).to(device, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = len(collection) // args.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"The collection has {len(collection)} images, fewer than one batch ({args.batch_size}).")
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch,
-                                                pct_start=0.1)
-    started = time.time()
-    history = []
-    bar = tqdm(total=args.epochs * steps_per_epoch, desc="training", unit="step", disable=not progress)
-    for epoch in range(args.epochs):
-        model.train()
-        order = rng.permutation(len(collection))
-        sums = {"loss": 0.0, "mse": 0.0, "nce": 0.0}
-        for step in range(steps_per_epoch):
-            rows = np.sort(order[step * args.batch_size:(step + 1) * args.batch_size])
-            x = pixels_to_tensor(collection.pixels[rows]).contiguous(memory_format=torch.channels_last)
-            views = torch.cat([augment(x, g, args.crop_scale), augment(x, g, args.crop_scale)])
-            noisy = (views + args.noise_std * torch.randn(views.shape, generator=g)).clamp(0, 1)
-            code = model.encode(noisy)
-            mse = F.mse_loss(model.decode(code), views)
-            loss = args.recon_weight * mse
-            nce = torch.zeros(())
-            if args.contrastive_weight > 0:
-                p = model.project(code)
-                nce = info_nce(p[:len(x)], p[len(x):], args.temperature)
-                loss = loss + args.contrastive_weight * nce
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            for k, v in (("loss", loss.detach()), ("mse", mse.detach()), ("nce", nce.detach())):
-                sums[k] += v.item()
-            bar.update()
-            bar.set_postfix(epoch=epoch + 1, mse=f"{mse.item():.4f}", nce=f"{nce.item():.3f}")
-        epoch_means = {k: v / steps_per_epoch for k, v in sums.items()}
-        history.append(epoch_means)
-    bar.close()
-    test_mse_joint = reconstruction_mse(model, test.pixels) if test is not None else None
-    decoder_mse = _tune_decoder(model, collection, args, g, rng, progress) if args.decoder_epochs else None
-    minutes = (time.time() - started) / 60
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps, pct_start=0.1)
+    decoder_params = list(model.decoder_in.parameters()) + list(model.decoder.parameters())
+    dec_opt = torch.optim.AdamW(decoder_params, lr=args.lr / 2)
+    dec_sched = torch.optim.lr_scheduler.CosineAnnealingLR(dec_opt, max(1, args.decoder_epochs * steps))
+    parts = {"model": model, "opt": opt, "sched": sched, "dec_opt": dec_opt, "dec_sched": dec_sched}
+    run = {"history": [], "seconds": 0.0, "test_mse_before_decoder_tuning": None, "sessions": 1}
 
-    losses = {"final_train": history[-1], "decoder_tuning_mse": decoder_mse, "history": history,
-              "train_minutes": round(minutes, 2)}
+    state_file = state_path(out_path)
+    what = {"train_args": _recipe(args), "model_args": asdict(model_args), "items": len(collection),
+            "collection": collection.spec}
+    if resume and state_file.is_file():
+        run = _load_state(state_file, what, parts, g, rng)
+        run["sessions"] += 1
+
+    total = args.epochs + args.decoder_epochs
+    bar = tqdm(total=total * steps, initial=len(run["history"]) * steps, desc="training", unit="step",
+               disable=not progress)
+    for epoch in range(len(run["history"]), total):
+        started = time.time()
+        if epoch < args.epochs:
+            means = _joint_epoch(model, opt, sched, collection, args, steps, g, rng, device, bar)
+        else:
+            means = _decoder_epoch(model, dec_opt, dec_sched, collection, args, steps, g, rng, device, bar)
+        if epoch == args.epochs - 1 and test is not None:
+            run["test_mse_before_decoder_tuning"] = reconstruction_mse(model, test.pixels)
+        means["seconds"] = round(time.time() - started, 1)
+        run["history"].append(means)
+        run["seconds"] += means["seconds"]
+        _save_state(state_file, what, parts, g, rng, run)
+    bar.close()
+
+    model.eval()
+    joint = [h for h in run["history"] if h["stage"] == "joint"]
+    decoder = [h for h in run["history"] if h["stage"] == "decoder"]
+    losses = {"final_train": {k: v for k, v in joint[-1].items() if k not in ("stage", "seconds")}, "decoder_tuning_mse": decoder[-1]["mse"] if decoder else None,
+              "history": run["history"], "train_minutes": round(run["seconds"] / 60, 2)}
     if test is not None:
         losses["test_mse"] = reconstruction_mse(model, test.pixels)
-        losses["test_mse_before_decoder_tuning"] = test_mse_joint
+        losses["test_mse_before_decoder_tuning"] = run["test_mse_before_decoder_tuning"]
     trained_on = {"collection": collection.spec, "items": len(collection), "classes": collection.classes}
-    fp = save_checkpoint(model, out_path, trained_on=trained_on, losses=losses,
-                         train_args={**asdict(args), "torch": str(torch.__version__)})
+    training = {"seconds": round(run["seconds"], 1), "epoch_seconds": [h["seconds"] for h in run["history"]],
+                "sessions": run["sessions"], "preset": preset_name, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    fp = save_checkpoint(model.cpu(), out_path, trained_on=trained_on, losses=losses,
+                         train_args={**asdict(args), "torch": str(torch.__version__), "preset": preset_name},
+                         extra={"machine": machine(device), "training": training})
     return {"path": str(out_path), "fingerprint": fp, **losses}
 
 
-def _tune_decoder(model, collection, args, g, rng, progress) -> float:
+def _batches(collection, args, steps, rng, device):
+    order = rng.permutation(len(collection))
+    for step in range(steps):
+        rows = np.sort(order[step * args.batch_size:(step + 1) * args.batch_size])
+        yield pixels_to_tensor(collection.pixels[rows]).to(device).contiguous(memory_format=torch.channels_last)
+
+
+def _joint_epoch(model, opt, sched, collection, args, steps, g, rng, device, bar) -> dict:
+    model.train()
+    sums = {"loss": 0.0, "mse": 0.0, "nce": 0.0}
+    for x in _batches(collection, args, steps, rng, device):
+        views = torch.cat([augment(x, g, args.crop_scale), augment(x, g, args.crop_scale)])
+        if args.noise_std:
+            views_in = (views + args.noise_std * torch.randn(views.shape, generator=g).to(device)).clamp(0, 1)
+        else:
+            views_in = views
+        code = model.encode(views_in)
+        mse = F.mse_loss(model.decode(code), views)
+        loss = args.recon_weight * mse
+        nce = torch.zeros((), device=device)
+        if args.contrastive_weight > 0:
+            p = model.project(code)
+            nce = info_nce(p[:len(x)], p[len(x):], args.temperature)
+            loss = loss + args.contrastive_weight * nce
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        for k, v in (("loss", loss), ("mse", mse), ("nce", nce)):
+            sums[k] += v.item()
+        bar.update()
+        bar.set_postfix(mse=f"{mse.item():.4f}", nce=f"{nce.item():.3f}")
+    return {"stage": "joint", **{k: v / steps for k, v in sums.items()}}
+
+
+def _decoder_epoch(model, opt, sched, collection, args, steps, g, rng, device, bar) -> dict:
     """Fit the decoder to clean (unaugmented, unnoised) images with the codes fixed.
 
     The joint stage shares the code between two goals; this stage cannot change a single
     code, so retrieval is untouched while reconstruction of real inputs improves.
     """
     model.eval()  # frozen encoder, batch-norm statistics included
-    params = list(model.decoder_in.parameters()) + list(model.decoder.parameters())
     model.decoder.train()
-    opt = torch.optim.AdamW(params, lr=args.lr / 2)
-    steps = args.decoder_epochs * (len(collection) // args.batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    mean = 0.0
-    for step in tqdm(range(steps), desc="tuning decoder", unit="step", disable=not progress):
-        rows = np.sort(rng.choice(len(collection), args.batch_size, replace=False))
-        x = pixels_to_tensor(collection.pixels[rows]).contiguous(memory_format=torch.channels_last)
-        flip = torch.rand(len(x), generator=g) < 0.5
+    total = 0.0
+    for x in _batches(collection, args, steps, rng, device):
+        flip = (torch.rand(len(x), generator=g) < 0.5).to(device)
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         with torch.no_grad():
             code = model.encode(x)
@@ -177,18 +278,46 @@ def _tune_decoder(model, collection, args, g, rng, progress) -> float:
         mse.backward()
         opt.step()
         sched.step()
-        mean = 0.98 * mean + 0.02 * mse.item() if step else mse.item()
-    model.eval()
-    return mean
+        total += mse.item()
+        bar.update()
+        bar.set_postfix(mse=f"{mse.item():.4f}")
+    return {"stage": "decoder", "mse": total / steps}
+
+
+def _recipe(args: TrainArgs) -> dict:
+    return {k: v for k, v in asdict(args).items() if k not in _RUN_ONLY}
+
+
+def _save_state(path: Path, what: dict, parts: dict, g, rng, run: dict) -> None:
+    state = {"what": what, "run": run, "torch_rng": torch.get_rng_state(), "g": g.get_state(),
+             "numpy_rng": rng.bit_generator.state, **{k: v.state_dict() for k, v in parts.items()}}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_atomically(path, buf.getvalue())
+
+
+def _load_state(path: Path, what: dict, parts: dict, g, rng) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state["what"] != what:
+        differ = sorted(k for k in set(what) | set(state["what"]) if what.get(k) != state["what"].get(k))
+        raise ValueError(f"{path} belongs to a run with other {', '.join(differ)}; resume it with its own "
+                         f"arguments, or start afresh without --resume.")
+    for k, v in parts.items():
+        v.load_state_dict(state[k])
+    torch.set_rng_state(state["torch_rng"])
+    g.set_state(state["g"])
+    rng.bit_generator.state = state["numpy_rng"]
+    return state["run"]
 
 
 @torch.no_grad()
 def reconstruction_mse(model: ConvAutoEncoder, pixels: np.ndarray, batch_size: int = 1000) -> float:
     """Mean squared error of encode->decode, pixels in [0, 1]."""
     model.eval()
+    device = next(model.parameters()).device
     total = 0.0
     for s in range(0, len(pixels), batch_size):
-        x = pixels_to_tensor(pixels[s:s + batch_size])
+        x = pixels_to_tensor(pixels[s:s + batch_size]).to(device)
         total += float(F.mse_loss(model(x), x, reduction="sum"))
     return total / (len(pixels) * 3 * 32 * 32)
 
@@ -196,26 +325,36 @@ def reconstruction_mse(model: ConvAutoEncoder, pixels: np.ndarray, batch_size: i
 def add_arguments(p) -> "callable":
     """The `imgsearch train` flags (one per TrainArgs/ModelArgs field); returns the runner."""
     import json
-    from dataclasses import fields
 
     from .data import CollectionError, load_collection
 
     p.add_argument("--data", default="cifar10", help="training collection: cifar10 or a folder (default: cifar10)")
     p.add_argument("--test-data", default=None, help="optional held-out collection: its reconstruction MSE is stored")
     p.add_argument("--out", default="data/model.pt", help="checkpoint path (default: data/model.pt)")
+    p.add_argument("--preset", default="default", choices=list(PRESETS),
+                   help="named recipe; the flags below override its values (default: default, <= 30 min on 2 cores)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run saved beside --out (OUT.state) from its last finished epoch, with the "
+                        "arguments it was started with (starts afresh when there is no state)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: the GPU when one is present (default: auto)")
     for f in fields(ModelArgs) + fields(TrainArgs):  # every default lives in one place: the dataclasses
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+        # None = not given, so the preset's value stands
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
+                       help=f"default: {f.default} (or the preset's)")
 
     def run(a) -> int:
-        model_args = ModelArgs(**{f.name: getattr(a, f.name) for f in fields(ModelArgs)})
-        train_args = TrainArgs(**{f.name: getattr(a, f.name) for f in fields(TrainArgs)})
+        given = {f.name: getattr(a, f.name) for f in fields(ModelArgs) + fields(TrainArgs)
+                 if getattr(a, f.name) is not None}
         try:
+            train_args, model_args = preset(a.preset, **given)
             data = load_collection(a.data)
             test = load_collection(a.test_data) if a.test_data else None
-        except CollectionError as e:
+            result = train(data, a.out, model_args=model_args, args=train_args, test=test, resume=a.resume,
+                           device=a.device, preset_name=a.preset)
+        except (CollectionError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        result = train(data, a.out, model_args=model_args, args=train_args, test=test)
         summary = {k: result[k] for k in ("path", "fingerprint", "final_train", "train_minutes")}
         if "test_mse" in result:
             summary["test_mse"] = result["test_mse"]

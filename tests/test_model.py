@@ -51,7 +51,7 @@ def test_checkpoint_describes_itself_and_round_trips(tmp_path, collection):
     result = train(collection, path, model_args=ModelArgs(width=4, code_dim=16, proj_dim=8),
                    args=TrainArgs(epochs=1, batch_size=16, decoder_epochs=1), progress=False, test=collection)
     model, info = load_checkpoint(path)
-    assert info["model_args"] == {"code_dim": 16, "width": 4, "proj_dim": 8}
+    assert info["model_args"] == {"code_dim": 16, "width": 4, "proj_dim": 8, "depth": 1}
     assert info["preprocessing"]["size"] == 32 and info["trained_on"]["items"] == 60
     assert info["losses"]["final_train"]["mse"] > 0 and 0 < info["losses"]["test_mse"] < 1
     assert info["fingerprint"] == result["fingerprint"]
