@@ -224,6 +224,18 @@ def _train(collection, out_path: Path, model_args: ModelArgs, args: TrainArgs, p
     return {"path": str(out_path), "fingerprint": fp, **losses}
 
 
+def checkpoint_from_state(state_file: str | Path, out_path: str | Path) -> str:
+    """A checkpoint of a run's last finished epoch, to evaluate a long run on the way without stopping it."""
+    state = torch.load(state_file, map_location="cpu", weights_only=True)
+    model = ConvAutoEncoder(ModelArgs(**state["what"]["model_args"]))
+    model.load_state_dict(state["model"])
+    run = state["run"]
+    losses = {"history": run["history"], "train_minutes": round(run["seconds"] / 60, 2), "unfinished": True}
+    return save_checkpoint(model.eval(), out_path, losses=losses, train_args=state["what"]["train_args"],
+                           trained_on={k: state["what"][k] for k in ("collection", "items")},
+                           extra={"training": {"seconds": round(run["seconds"], 1), "epochs_done": len(run["history"])}})
+
+
 def _batches(collection, args, steps, rng, device):
     order = rng.permutation(len(collection))
     for step in range(steps):

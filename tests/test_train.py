@@ -118,3 +118,14 @@ def test_device_auto_falls_back_to_the_cpu():
         assert tr.resolve_device("auto").type == "cpu"
         with pytest.raises(ValueError, match="no CUDA"):
             tr.resolve_device("cuda")
+
+
+def test_a_run_in_progress_can_be_exported_for_evaluation(tmp_path, collection, monkeypatch):
+    with monkeypatch.context() as m:
+        kill_after(m, 1)
+        with pytest.raises(Killed):
+            train(collection, tmp_path / "m.pt", model_args=TINY, args=tiny_args(), progress=False, device="cpu")
+    tr.checkpoint_from_state(state_path(tmp_path / "m.pt"), tmp_path / "epoch1.pt")
+    model, info = load_checkpoint(tmp_path / "epoch1.pt")
+    assert info["training"]["epochs_done"] == 1 and info["losses"]["unfinished"]
+    assert model.encode(torch.rand(2, 3, 32, 32)).shape == (2, 16)
