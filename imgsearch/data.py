@@ -6,7 +6,11 @@ whose items live inside an archive). Everything downstream keeps that row order.
 """
 from __future__ import annotations
 
+import http.client
 import os
+import socket
+import ssl
+import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,14 +72,29 @@ def load_cifar10(split: str = "train", root: str | os.PathLike = DATA_DIR) -> Co
 
     try:
         ds = CIFAR10(root=str(root), train=(split == "train"), download=True)
-    except Exception as e:  # no network shows up as URLError, socket errors or RuntimeError
-        raise CollectionError(
-            f"CIFAR-10 could not be downloaded into {root}/ ({type(e).__name__}); without a network, "
-            f"point --data at a local folder of images instead, e.g. --data {OFFLINE_HINT}."
-        ) from None
+    except Exception as e:
+        raise CollectionError(_cifar10_failure(e, root)) from None
     spec = "cifar10" if split == "train" else "cifar10:test"
     labels = np.asarray(ds.targets, dtype=np.int64)
     return Collection(spec, np.ascontiguousarray(ds.data), labels, list(ds.classes), [None] * len(labels))
+
+
+# What a missing or broken network raises on the way through urllib and torchvision.
+_NETWORK_ERRORS = (urllib.error.URLError, ConnectionError, TimeoutError, socket.gaierror,
+                   http.client.HTTPException, ssl.SSLError)
+
+
+def _cifar10_failure(e: Exception, root) -> str:
+    """One sentence naming the real cause: only a failed download means "no network"."""
+    # torchvision reports a download cut short as a file "not found or corrupted"
+    if isinstance(e, _NETWORK_ERRORS) or (isinstance(e, RuntimeError) and "corrupted" in str(e)):
+        return (f"CIFAR-10 could not be downloaded into {root}/ ({type(e).__name__}); without a network, "
+                f"point --data at a local folder of images instead, e.g. --data {OFFLINE_HINT}.")
+    if isinstance(e, OSError):  # disk full, no permission, read-only file system, ...
+        return (f"CIFAR-10 could not be stored in {root}/ ({e.strerror or e}); free some space there, or set "
+                f"IMGSEARCH_DATA_DIR to a writable folder with 350 MB free.")
+    detail = str(e).split("\n")[0].rstrip(".")
+    return f"CIFAR-10 could not be loaded from {root}/ ({type(e).__name__}{': ' + detail if detail else ''})."
 
 
 def _list_files(root: Path) -> list[Path]:

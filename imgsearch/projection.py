@@ -13,6 +13,10 @@ import torch
 LANDMARKS = 2000  # t-SNE cost grows ~n log n; 2,000 points take a few seconds here
 NEIGHBOURS = 8  # landmarks averaged to place each other point
 PIXEL_PCA = 64  # pixels are reduced to this many components before the map is made
+# t-SNE needs more points than its perplexity (2 at least here), and a handful of points it only
+# scatters; PCA shows their real distances. Landmarks that are all the same point are also laid
+# out by PCA: t-SNE's PCA start divides by their zero spread, and the NaNs crash its native code.
+MIN_TSNE = 10
 
 
 def _normalise(x: np.ndarray) -> torch.Tensor:
@@ -29,6 +33,8 @@ def landmark_tsne(features: np.ndarray, *, landmarks: int = LANDMARKS, seed: int
     x = _normalise(features)
     rng = np.random.default_rng(seed)
     marks = np.sort(rng.choice(n, min(landmarks, n), replace=False))
+    if len(marks) < MIN_TSNE or bool((x[marks] == x[marks[0]]).all()):
+        return _pca_layout(x)
     perplexity = float(min(30, max(2, (len(marks) - 1) / 3)))
     layout = TSNE(2, perplexity=perplexity, init="pca", metric="cosine", random_state=seed,
                   max_iter=500).fit_transform(x[marks].numpy()).astype(np.float32)
@@ -42,6 +48,16 @@ def landmark_tsne(features: np.ndarray, *, landmarks: int = LANDMARKS, seed: int
         sim, idx = torch.topk(x[rows] @ lm.T, k, dim=1)
         w = torch.softmax(sim / 0.05, dim=1).numpy()  # sharp: a point sits near its closest landmarks
         out[rows] = (w[..., None] * layout[idx.numpy()]).sum(1)
+    return out
+
+
+def _pca_layout(x: torch.Tensor) -> np.ndarray:
+    """The first two principal components: exact for a few points, all zeros for one."""
+    centred = x - x.mean(0)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    out = np.zeros((len(x), 2), dtype=np.float32)
+    k = min(2, len(v))  # fewer components than two when there are fewer points or dimensions
+    out[:, :k] = (centred @ v[:k].T).numpy()
     return out
 
 

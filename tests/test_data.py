@@ -1,4 +1,5 @@
 """Collections: a folder in every shape, and CIFAR-10 from torchvision's exact on-disk format."""
+import errno
 import hashlib
 import pickle
 import urllib.error
@@ -110,6 +111,29 @@ def test_cifar10_without_network_says_how_to_use_a_folder(tmp_path, monkeypatch)
     with pytest.raises(CollectionError, match="could not be downloaded.*--data") as e:
         load_cifar10("train", root=tmp_path)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("error, words", [
+    (urllib.error.URLError("no network"), "could not be downloaded.*--data"),
+    (ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"), "could not be downloaded"),
+    (TimeoutError("timed out"), "could not be downloaded"),
+    (RuntimeError("File not found or corrupted."), "could not be downloaded"),  # torchvision: download cut short
+    (PermissionError(errno.EACCES, "Permission denied"), r"could not be stored in .*\(Permission denied\)"),
+    (OSError(errno.ENOSPC, "No space left on device"), r"\(No space left on device\).*IMGSEARCH_DATA_DIR"),
+    (ValueError("bad pickle data"), r"could not be loaded .*\(ValueError: bad pickle data\)"),
+])
+def test_cifar10_failures_name_their_real_cause(tmp_path, monkeypatch, error, words):
+    import torchvision.datasets
+
+    def fail(*a, **k):
+        raise error
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", fail)
+    with pytest.raises(CollectionError, match=words) as e:
+        load_cifar10("train", root=tmp_path)
+    assert "\n" not in str(e.value) and str(e.value).endswith(".")
+    if "downloaded" not in words:  # a full disk is not a missing network
+        assert "downloaded" not in str(e.value) and "network" not in str(e.value)
 
 
 @pytest.mark.skipif(not OFFLINE.is_dir(), reason="the offline CIFAR-10 copy is not beside the repository")

@@ -132,3 +132,83 @@ def test_missing_and_oversized_files(tmp_path, monkeypatch):
     (tmp_path / "big.png").write_bytes(encoded(solid(0), "PNG"))
     with pytest.raises(ImageError, match="larger than"):
         load_image(tmp_path / "big.png")
+
+
+def plain_resize(img: Image.Image) -> np.ndarray:
+    """What to_pixels computes, done the direct way: the whole image resized, then cropped."""
+    w, h = img.size
+    nw, nh = max(32, round(w * 32 / min(w, h))), max(32, round(h * 32 / min(w, h)))
+    img = img.convert("RGB").resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    left, top = (nw - 32) // 2, (nh - 32) // 2
+    return np.asarray(img.crop((left, top, left + 32, top + 32)))
+
+
+def smooth(w, h, mode="RGB", seed=0):
+    """A photo-like image: random colours, smoothly interpolated."""
+    base = np.random.default_rng(seed).integers(0, 255, (6, 8, 3), dtype=np.uint8)
+    return Image.fromarray(base).resize((w, h), Image.Resampling.BICUBIC).convert(mode)
+
+
+@pytest.mark.parametrize("size, mode", [((1199, 1801), "RGB"), ((653, 491), "L"), ((7000, 500), "RGB")])
+def test_large_images_give_the_same_pixels_as_a_plain_resize(size, mode):
+    img = smooth(*size, mode)
+    assert (to_pixels(encoded(img, "PNG")) == plain_resize(img)).all()
+
+
+def test_large_jpeg_is_decoded_small_and_still_matches():
+    img = smooth(2400, 1800)
+    px = to_pixels(encoded(img, "JPEG", quality=95)).astype(int)
+    assert np.abs(px - plain_resize(img)).mean() < 2  # decoded at 1/8 scale (draft)
+
+
+UNDO = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_270}  # how a camera stores an upright picture for each EXIF orientation
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_of_a_large_image(orientation):
+    upright = Image.new("RGB", (653, 491), (255, 255, 255))  # not a whole number of reduced blocks
+    upright.paste((255, 0, 0), (0, 0, 327, 246))
+    upright.paste((0, 0, 255), (327, 246, 653, 491))
+    stored = upright.transpose(UNDO[orientation]) if orientation > 1 else upright
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    px = to_pixels(encoded(stored, "PNG", exif=exif.tobytes())).astype(int)
+    # within rounding: shrinking as stored puts a partial block on the other edge (a mix-up gives 30+)
+    assert np.abs(px - plain_resize(upright)).max() <= 4
+    assert (px[2, 2] == [255, 0, 0]).all() and (px[-3, -3] == [0, 0, 255]).all()
+
+
+def test_converting_in_bands_changes_nothing(monkeypatch):
+    grey16 = Image.fromarray((np.add.outer(np.arange(500), np.arange(700)) * 50).astype(np.uint16))
+    rgba = smooth(700, 500, "RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize((700, 500)))
+    whole = [to_pixels(encoded(img, "PNG")) for img in (grey16, rgba)]
+    monkeypatch.setattr(images, "BAND_PIXELS", 3000)
+    assert all((to_pixels(encoded(img, "PNG")) == w).all() for img, w in zip((grey16, rgba), whole))
+
+
+def test_32_bit_and_float_greyscale_scale_the_full_range():
+    assert (to_pixels(Image.fromarray(np.full((40, 40), 0.5, np.float32))) == 128).all()  # float in [0, 1]
+    assert (to_pixels(Image.fromarray(np.full((40, 40), 200, np.int32))) == 200).all()  # 8-bit values
+    deep = np.full((40, 40), 65535, np.int32)
+    deep[:, :20] = 32896
+    px = to_pixels(Image.fromarray(deep))
+    assert (px[:, 20:] == 255).all() and (px[:, :12] == 128).all()
+
+
+def test_phone_mpo_opens_as_its_first_picture():
+    first, second = solid((255, 0, 0), (64, 48)), solid((0, 0, 255), (64, 48))
+    data = encoded(first, "MPO", save_all=True, append_images=[second])
+    assert Image.open(io.BytesIO(data)).format == "MPO"
+    px = to_pixels(data)
+    assert px[..., 0].mean() > 240 and px[..., 2].mean() < 15
+
+
+def test_absurd_aspect_ratios_are_refused_before_decoding():
+    assert to_pixels(encoded(solid((0, 200, 0), (400, 20)), "PNG")).shape == (32, 32, 3)  # 20:1 is fine
+    for size in [(420, 20), (20, 420), (1000, 1)]:
+        with pytest.raises(ImageError, match="too thin") as e:
+            load_image(encoded(solid((0, 200, 0), size), "PNG"))
+        assert "\n" not in str(e.value) and str(e.value).endswith(".")
