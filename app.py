@@ -13,18 +13,19 @@ import pandas as pd
 import streamlit as st
 
 from imgsearch.data import OFFLINE_HINT, CollectionError
+from imgsearch.evaluate import REPRESENTATIONS
 from imgsearch.explore import map_highlights, map_points
 from imgsearch.images import ImageError, upscale
 from imgsearch.index import DEFAULT_CHECKPOINT, DEFAULT_INDEX, IndexLoadError, build_index, read_meta, resolve
 from imgsearch.model import CheckpointError
 from imgsearch.quality import disagreements, load_evaluation
 from imgsearch.search import Index
+from imgsearch.spaces import DEFAULT_SPACES
 
 INDEX_DIR = os.environ.get("IMGSEARCH_INDEX", str(DEFAULT_INDEX))
 MATCH = (34, 160, 70)  # frame colour of a result that shares the query's class
-PER_ROW = 5  # results per row in each column
 VIEWS = ("Search", "Map", "Quality")
-REPRESENTATIONS = {"pixels": "raw pixels", "pca": "PCA", "codes_exact": "codes, exact", "codes_served": "codes, as served"}
+MAX_COLUMNS = 4  # spaces side by side; more would shrink each grid below a readable size
 
 
 @st.cache_resource(show_spinner="Loading the model and the index…", max_entries=1)
@@ -33,9 +34,9 @@ def load_index(build_dir: str) -> Index:
     return Index.load(build_dir)
 
 
-@st.cache_data(show_spinner="Searching this class's images in both spaces…", max_entries=32)
-def class_disagreements(build_dir: str, label: str):
-    return disagreements(load_index(build_dir), label)
+@st.cache_data(show_spinner="Searching this class's images in every space…", max_entries=32)
+def class_disagreements(build_dir: str, label: str, first: str, second: str):
+    return disagreements(load_index(build_dir), label, first=first, second=second)
 
 
 def build_ui(reason: str) -> None:
@@ -66,13 +67,28 @@ def sidebar_ui(index: Index) -> str:
             f"- **{m['items']:,}** images from `{m['collection']}`\n"
             f"- model `{m['model']['fingerprint']}`, {m['code_dim']}-d codes, "
             f"trained on `{m['model']['trained_on'].get('collection', '?')}`\n"
-            f"- built {m['built_at']}\n"
-            f"- code metric **{m['metric']}**, n_trees {m['n_trees']}, search_k {m['search_k']:,}\n"
-            f"- pixel metric: {m['pixel_metric']}"
+            f"- built {m['built_at']}"
             + (f"\n- {m['skipped']} unreadable files skipped" if m.get("skipped") else "")
         )
+        st.markdown("**Spaces**\n\n" + "\n".join(f"- **{name}**: {space.description}" + settings_note(m["spaces"][name]["settings"])
+                               for name, space in index.spaces.items()))
         st.caption(f"Index directory: `{INDEX_DIR}`")
     return view
+
+
+def settings_note(settings: dict) -> str:
+    """The settings a person may want to see (Annoy's), as a short parenthesis."""
+    shown = [f"{k} {settings[k]:,}" for k in ("n_trees", "search_k") if k in settings]
+    return f" ({', '.join(shown)})" if shown else ""
+
+
+def spaces_ui(index: Index) -> list[str]:
+    """Which spaces to compare, side by side (two to four)."""
+    default = [s for s in DEFAULT_SPACES if s in index.spaces]
+    chosen = st.multiselect("Spaces to compare", list(index.spaces), default=default, key="spaces",
+                            max_selections=MAX_COLUMNS, format_func=lambda s: index.spaces[s].title,
+                            help="; ".join(f"{s.title}: {s.description}" for s in index.spaces.values()))
+    return chosen or default
 
 
 def set_query(item: int) -> None:
@@ -104,26 +120,32 @@ def query_ui(index: Index):
 
 
 def query_view_ui(index: Index, pixels: np.ndarray, query_label: str | None, caption: str) -> None:
-    """The query large, the 32x32 version the search used, and what the code keeps of it."""
-    big, small, recon = st.columns([2, 1, 2])
-    big.image(upscale(pixels, 256), caption=caption)
-    small.image(pixels, caption="32×32, as searched")
-    recon.image(upscale(index.reconstruct(pixels), 256), caption=f"Reconstruction from its {index.meta['code_dim']}-d code")
+    """The query large, the 32x32 version the search used, and what the code (and PCA) keep of it."""
+    pca = index.spaces.get("pca")
+    cols = st.columns([2, 1, 2, 2] if pca else [2, 1, 2])
+    cols[0].image(upscale(pixels, 256), caption=caption)
+    cols[1].image(pixels, caption="32×32, as searched")
+    cols[2].image(upscale(index.reconstruct(pixels), 256),
+                  caption=f"Auto-encoder: rebuilt from its {index.meta['code_dim']}-d code")
+    if pca:
+        cols[3].image(upscale(pca.reconstruct(pixels), 256), caption=f"PCA: rebuilt from {pca.pca.n_components} components")
     if query_label:
         st.markdown(f"Query class: **{query_label}**")
 
 
-def results_ui(index: Index, hits, space: str, title: str, query_label: str | None, matches: int | None) -> None:
+def results_ui(index: Index, hits, space: str, query_label: str | None, matches: int | None, per_row: int) -> None:
+    title = index.spaces[space].title
     header = f"{title}: {matches}/{len(hits)} share the query's class" if matches is not None else title
     st.subheader(header)
-    for row in range(0, len(hits), PER_ROW):
-        cols = st.columns(PER_ROW)
-        for col, rank in zip(cols, range(row, min(row + PER_ROW, len(hits)))):
+    fmt = index.spaces[space].format_distance
+    for row in range(0, len(hits), per_row):
+        cols = st.columns(per_row)
+        for col, rank in zip(cols, range(row, min(row + per_row, len(hits)))):
             hit = hits[rank]
             same = query_label is not None and hit.label == query_label
             with col:
                 st.image(upscale(index.thumbnail(hit.id), 96, frame=MATCH if same else None),
-                         caption=f"{'✓ ' if same else ''}#{rank + 1} · {hit.label or 'unlabelled'} · d={hit.distance:.3f}")
+                         caption=f"{'✓ ' if same else ''}#{rank + 1} · {hit.label or 'unlabelled'} · d={fmt(hit.distance)}")
                 st.button("more like this", key=f"more_{space}_{rank}", on_click=set_query, args=(hit.id,))
 
 
@@ -181,37 +203,50 @@ def quality_view(index: Index) -> None:
         st.markdown(f"Retrieval on **{s['query_items']:,}** queries from `{s['queries']}` against "
                     f"**{s['database_items']:,}** images of `{s['database']}` (model `{s.get('model', '?')}`); "
                     "a result is relevant when it has the query's class.")
-        table = pd.DataFrame({name: report[key] for key, name in REPRESENTATIONS.items()}).T
-        st.dataframe(table.style.format("{:.3f}"), key="quality_table")
+        shown = {key: name for key, name in REPRESENTATIONS.items() if key in report}
+        table = pd.DataFrame({name: report[key] for key, name in shown.items()}).T
+        if "bytes_per_item" in report:
+            table["bytes per image"] = [report["bytes_per_item"].get(key) for key in shown]
+        st.dataframe(table.style.format("{:.3f}", subset=[c for c in table.columns if c != "bytes per image"]),
+                     key="quality_table")
         st.caption(f"Reconstruction MSE on the queries: {report['reconstruction_mse']:.4f} (pixels in [0, 1]).")
-        curves = pd.DataFrame({REPRESENTATIONS[k]: v for k, v in report["precision_curves"].items()})
+        curves = pd.DataFrame({name: report["precision_curves"][key] for key, name in shown.items()
+                               if key in report["precision_curves"]})
         curves.index = np.arange(1, len(curves) + 1)
         st.line_chart(curves, x_label="k", y_label="precision at k")
     if not index.classes:
         return
-    st.subheader("Where the two searches disagree")
-    label = st.selectbox("Class", index.classes, key="quality_class")
-    result = class_disagreements(str(index.path), label)
-    st.markdown(f"Of {result.queries} sampled **{label}** images, the nearest neighbour has the same class "
-                f"in code space for **{result.code_right}**, in pixel space for **{result.pixel_right}**.")
-    for title, triples in (("Code search right, pixel search wrong", result.code_wins),
-                           ("Pixel search right, code search wrong", result.pixel_wins),
+    st.subheader("Where two searches disagree")
+    names = list(index.spaces)
+    a, b, c = st.columns(3)
+    label = a.selectbox("Class", index.classes, key="quality_class")
+    first = b.selectbox("Space", names, index=names.index("code") if "code" in names else 0, key="quality_first",
+                        format_func=lambda s: index.spaces[s].title)
+    others = [n for n in names if n != first]
+    second = c.selectbox("compared with", others, index=others.index("pixel") if "pixel" in others else 0,
+                         key="quality_second", format_func=lambda s: index.spaces[s].title)
+    result = class_disagreements(str(index.path), label, first, second)
+    st.markdown(f"Of {result.queries} sampled **{label}** images, the nearest neighbour has the same class in "
+                + ", ".join(f"{index.spaces[n].title.lower()} for **{r}**" for n, r in result.right.items()) + ".")
+    t1, t2 = index.spaces[first].title, index.spaces[second].title
+    for title, triples in ((f"{t1} right, {t2.lower()} wrong", result.first_wins),
+                           (f"{t2} right, {t1.lower()} wrong", result.second_wins),
                            ("Both wrong", result.both_wrong)):
         st.markdown(f"**{title}** ({len(triples)})")
         shown = triples[:6]
         if not shown:
             st.caption("none among the sampled images")
             continue
-        for col, (q, p, c) in zip(st.columns(len(shown)), shown):
-            col.image([upscale(index.thumbnail(i), 64) for i in (q, p, c)],
-                      caption=["query", f"pixels: {index.label(p)}", f"code: {index.label(c)}"])
+        for col, (q, x, y) in zip(st.columns(len(shown)), shown):
+            col.image([upscale(index.thumbnail(i), 64) for i in (q, x, y)],
+                      caption=["query", f"{first}: {index.label(x)}", f"{second}: {index.label(y)}"])
 
 
 def main() -> None:
     st.set_page_config(page_title="imgsearch: similar images", page_icon="🔎", layout="wide")
     st.title("imgsearch")
-    st.caption("Nearest neighbours of an image found in raw pixel space and in a convolutional auto-encoder's "
-               "256-d code space, side by side.")
+    st.caption("Nearest neighbours of an image found in raw pixel space, PCA, and a convolutional auto-encoder's "
+               "256-d code (as floats, or as 256 bits), side by side.")
     try:
         read_meta(INDEX_DIR)
         index = load_index(str(resolve(INDEX_DIR)))
@@ -224,13 +259,14 @@ def main() -> None:
     if view == "Quality":
         return quality_view(index)
     query = query_ui(index)
+    spaces = spaces_ui(index)
     k = st.slider("Neighbours per space (k)", 1, 50, 10, key="k")
     if query is None:
         st.info("Upload an image or pick one from the collection to search.")
         return
     started = time.perf_counter()
     try:
-        results = index.search(query, k=k)
+        results = index.search(query, k=k, spaces=spaces)
     except ImageError as e:
         st.error(str(e))
         return
@@ -238,14 +274,13 @@ def main() -> None:
     query_label = index.label(results.query_id) if results.query_id is not None else None
     caption = f"Item {results.query_id}" if results.query_id is not None else f"Upload: {query.name}"
     query_view_ui(index, results.query_pixels, query_label, caption)
-    st.caption(f"Searched {len(index):,} images in {took * 1000:.0f} ms"
+    st.caption(f"Searched {len(index):,} images in {len(spaces)} spaces in {took * 1000:.0f} ms"
                + (" (the query itself is left out)." if results.query_id is not None else "."))
     matches = results.agreement(query_label) or {}
-    pixel_col, code_col = st.columns(2, gap="large")
-    with pixel_col:
-        results_ui(index, results.pixel, "pixel", "Pixel space", query_label, matches.get("pixel"))
-    with code_col:
-        results_ui(index, results.code, "code", "Code space", query_label, matches.get("code"))
+    per_row = 5 if len(spaces) <= 2 else 3  # keep thumbnails large enough to see when more spaces share the width
+    for col, space in zip(st.columns(len(spaces), gap="large"), spaces):
+        with col:
+            results_ui(index, results.hits[space], space, query_label, matches.get(space), per_row)
 
 
 if __name__ == "__main__":

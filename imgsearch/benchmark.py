@@ -22,6 +22,9 @@ from tqdm import tqdm
 from .data import Collection
 from .images import to_pixels
 from .index import METRIC, build_annoy, build_index
+from .knn import BruteForce, topk_ties_by_id
+from .spaces.bits import binarise, fit_binariser, hamming
+from .spaces.pixel import squared_distances
 from .projection import collection_maps
 from .model import encode_pixels, load_checkpoint, pixels_to_tensor
 from .search import Index
@@ -44,14 +47,13 @@ def timed(fn, items) -> tuple[list, list[float]]:
 
 
 class ExactCodeSearch:
-    """Brute-force cosine search over normalised codes: the reference Annoy is measured against."""
+    """Brute-force cosine search over the codes, one query at a time: the reference Annoy is measured against."""
 
     def __init__(self, codes: np.ndarray):
-        self.codes = torch.nn.functional.normalize(torch.from_numpy(np.asarray(codes, dtype=np.float32)), dim=1)
+        self.knn = BruteForce(codes, METRIC)
 
     def search(self, code: np.ndarray, k: int) -> np.ndarray:
-        q = torch.nn.functional.normalize(torch.from_numpy(np.asarray(code, dtype=np.float32)), dim=0)
-        return torch.topk(self.codes @ q, k).indices.numpy()
+        return self.knn.search(code[None], k)[0][0]
 
 
 def recall_at(found: list, truth: list, k: int = 10) -> float:
@@ -137,19 +139,26 @@ def run_benchmark(collection: Collection, model_path, *, queries: int = 1000, sc
     pix_q = [index.pixels[i] for i in ids]
     # fresh views of the collection's images: a database row as query would find itself trivially
     code_q = list(realistic_codes(model, collection.pixels, queries, seed=2))
-    found, times = timed(lambda q: index.pixel_search.search(q, 10)[0], pix_q)
+    spaces = index.spaces
+    found, times = timed(lambda q: spaces["pixel"].search(q, 10)[0], pix_q)
     report["pixel_p50_ms"], report["pixel_p95_ms"] = percentiles(times)
-    flat = index.pixels.reshape(len(index), -1).astype(np.float32)
-    agree = [list(np.argsort(((flat - q.reshape(-1)) ** 2).sum(1), kind="stable")[:10]) == list(f)
+    flat = index.pixels.reshape(len(index), -1)
+    agree = [list(topk_ties_by_id(squared_distances(flat, np.arange(len(flat)), q.reshape(-1)), 10)) == list(f)
              for q, f in zip(pix_q[:50], found[:50])]
-    report["pixel_exact_agreement"] = float(np.mean(agree))  # float16 scan + re-rank vs float32 brute force
-    del flat
-    served, times = timed(lambda q: index.search_codes(q, 10)[0], code_q)
+    report["pixel_exact_agreement"] = float(np.mean(agree))  # pruned search vs a full integer scan, ties by id
+    pca_q = [spaces["pca"].embed_many(q[None], None)[0] for q in pix_q]
+    _, times = timed(lambda v: spaces["pca"].search(v, 10), pca_q)
+    report["pca_p50_ms"], report["pca_p95_ms"] = percentiles(times)
+    served, times = timed(lambda q: spaces["code"].search(q, 10)[0], code_q)
     report["code_p50_ms"], report["code_p95_ms"] = percentiles(times)
     exact = ExactCodeSearch(index.codes)
     truth, times = timed(lambda q: exact.search(q, 10), code_q)
     report["exact_code_p50_ms"], report["exact_code_p95_ms"] = percentiles(times)
     report["code_recall_at_10"] = round(recall_at(served, truth), 4)
+    bits_q = spaces["bits"].embed_many(None, np.asarray(code_q))
+    found_bits, times = timed(lambda w: spaces["bits"].search(w, 10)[0], bits_q)
+    report["bits_p50_ms"], report["bits_p95_ms"] = percentiles(times)
+    report["bits_recall_at_10"] = round(recall_at(found_bits, truth), 4)  # vs exact float codes: what binarising loses
     report["pixel_over_code_speedup"] = round(report["pixel_p50_ms"] / report["code_p50_ms"], 1)
     report["rss_mb"] = rss_of_loaded_index(work / "index")
 
@@ -173,6 +182,12 @@ def run_benchmark(collection: Collection, model_path, *, queries: int = 1000, sc
         found, an_times = timed(lambda q: ann.get_nns_by_vector(q, 10, search_k=sk), fresh)
         rows.append({"search_k": sk, "recall_at_10": round(recall_at(found, truth), 4),
                      "p50_ms": percentiles(an_times)[0]})
+    # bits at scale: exact Hamming search; its recall is against the float codes' exact top-10,
+    # so it measures what binarising loses (the Hamming search itself is exact)
+    mean, projection = fit_binariser(codes, min(256, codes.shape[1] // 64 * 64), seed=0)
+    words, fresh_words = binarise(codes, mean, projection), binarise(fresh, mean, projection)
+    bits_found, bits_times = timed(lambda w: topk_ties_by_id(hamming(words, w), 10), fresh_words)
+    del words
     good = [r for r in rows if r["recall_at_10"] >= 0.95]
     chosen = min(good, key=lambda r: r["p50_ms"]) if good else rows[-1]
     exact_p50 = percentiles(ex_times)[0]
@@ -187,6 +202,8 @@ def run_benchmark(collection: Collection, model_path, *, queries: int = 1000, sc
         "recall_at_10": chosen["recall_at_10"],
         "speedup": round(exact_p50 / chosen["p50_ms"], 1),
         "memory_mapped": True,
+        "bits_p50_ms": percentiles(bits_times)[0],
+        "bits_recall_at_10": round(recall_at(bits_found, truth), 4),  # vs exact float-code search
         "sweep": rows,
     }
     ann.unload()
@@ -203,13 +220,15 @@ def print_report(r: dict) -> None:
     print(f"index build               {r['build_seconds']:>10.1f} s, {r['index_mb']:.0f} MB on disk "
           f"(Annoy {r['ann_mb']:.0f} MB); process RSS {r['rss_mb']:.0f} MB")
     print(f"{'query, k=10':<25} {'p50 ms':>10} {'p95 ms':>8}")
-    for name, key in (("pixel space, exact", "pixel"), ("code space, Annoy", "code"), ("code space, exact", "exact_code")):
+    for name, key in (("pixel space, exact", "pixel"), ("PCA space, exact", "pca"), ("code space, Annoy", "code"),
+                      ("code space, exact", "exact_code"), ("bits space, Hamming", "bits")):
         print(f"{name:<25} {r[key + '_p50_ms']:>10.2f} {r[key + '_p95_ms']:>8.2f}")
     print(f"Annoy recall@10 vs exact  {r['code_recall_at_10']:>10.3f}; pixel/code speed ratio "
           f"{r['pixel_over_code_speedup']:.0f}x")
     print(f"scale: {s['items']:,} codes  build {s['build_seconds']:.0f} s ({s['n_trees']} trees), "
           f"{s['index_mb']:.0f} MB (mmap); search_k {s['search_k']}: Annoy p50 {s['annoy_p50_ms']:.2f} ms vs exact "
-          f"{s['exact_p50_ms']:.1f} ms ({s['speedup']:.0f}x), recall@10 {s['recall_at_10']:.3f}")
+          f"{s['exact_p50_ms']:.1f} ms ({s['speedup']:.0f}x), recall@10 {s['recall_at_10']:.3f}; "
+          f"bits p50 {s['bits_p50_ms']:.2f} ms (exact Hamming)")
     for row in s["sweep"]:
         print(f"  scale search_k {row['search_k']:>6}: recall@10 {row['recall_at_10']:.3f}, p50 {row['p50_ms']:.2f} ms")
     print("\nsweep (n_trees, search_k): recall@10, p50 ms")

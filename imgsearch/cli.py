@@ -43,9 +43,23 @@ def train_arguments(p: argparse.ArgumentParser):
 
 # ---- build-index ---------------------------------------------------------------------------
 
+def space_list(text: str) -> list[str]:
+    """"pixel,code,bits" -> ["pixel", "code", "bits"], each a registered space."""
+    from .spaces import SPACES
+
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in names if s not in SPACES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown space {unknown[0] if unknown else text!r}; "
+                                         f"choose from {','.join(SPACES)}")
+    return names
+
+
 @command("build-index", "encode a collection and publish its index")
 def build_index_arguments(p: argparse.ArgumentParser):
     from .index import DEFAULT_CHECKPOINT, DEFAULT_INDEX, N_TREES, SEARCH_K, SEED
+    from .spaces import SPACES
+    from .spaces.bits import BITS, WIDTHS
 
     p.add_argument("--data", default="cifar10", help="cifar10, cifar10:test, or a folder of images (default: cifar10)")
     p.add_argument("--model", default=str(DEFAULT_CHECKPOINT), help="auto-encoder checkpoint (default: the shipped one)")
@@ -53,6 +67,10 @@ def build_index_arguments(p: argparse.ArgumentParser):
     p.add_argument("--n-trees", type=int, default=N_TREES, help=f"Annoy trees (default: {N_TREES})")
     p.add_argument("--search-k", type=int, default=SEARCH_K, help=f"Annoy nodes inspected per query (default: {SEARCH_K})")
     p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--bits", type=int, choices=WIDTHS, default=None,
+                   help=f"length of the binary codes of the bits space (default: {BITS}, or what the code's length allows)")
+    p.add_argument("--spaces", type=space_list, default=None,
+                   help=f"comma-separated spaces to build (default: all: {','.join(SPACES)})")
     p.add_argument("--no-maps", action="store_true", help="skip the 2-D maps of the collection (saves ~10 s on 50,000 images)")
 
     def run(a) -> int:
@@ -61,11 +79,14 @@ def build_index_arguments(p: argparse.ArgumentParser):
         from .model import CheckpointError
 
         try:
-            summary = build_index(a.data, a.model, a.out, n_trees=a.n_trees, search_k=a.search_k, seed=a.seed,
-                                  maps=not a.no_maps)
+            summary = build_index(a.data, a.model, a.out, spaces=a.spaces, n_trees=a.n_trees, search_k=a.search_k,
+                                  bits=a.bits, seed=a.seed, maps=not a.no_maps)
         except (CollectionError, CheckpointError) as e:
             return fail(str(e))
-        print(f"Indexed {summary['items']} images into {summary['index']} in {summary['seconds']:.1f} s.")
+        print(f"Indexed {summary['items']} images into {summary['index']} in {summary['seconds']:.1f} s "
+              f"(spaces: {', '.join(summary['spaces'])}).")
+        for name, why in summary["spaces_skipped"].items():
+            print(f"Space {name} not built: {why}.")
         if summary["skipped"]:
             print(f"Skipped {len(summary['skipped'])} unreadable or non-image files, e.g.:")
             for _, why in summary["skipped"][:5]:
@@ -79,11 +100,15 @@ def build_index_arguments(p: argparse.ArgumentParser):
 @command("search", "find an image's nearest neighbours in a built index")
 def search_arguments(p: argparse.ArgumentParser):
     from .index import DEFAULT_INDEX
+    from .spaces import DEFAULT_SPACES
 
     p.add_argument("image", help="an image file")
     p.add_argument("--index", default=str(DEFAULT_INDEX), help=f"index directory (default: {DEFAULT_INDEX})")
     p.add_argument("-k", type=int, default=10, help="neighbours per space (default: 10)")
-    p.add_argument("--json", action="store_true", help='print one JSON object {"pixel": [...], "code": [...]}')
+    p.add_argument("--spaces", type=space_list, default=list(DEFAULT_SPACES),
+                   help=f"comma-separated spaces to search (default: {','.join(DEFAULT_SPACES)})")
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON object with a list of hits per space: {"pixel": [...], "code": [...]}')
 
     def run(a) -> int:
         from .images import ImageError
@@ -94,25 +119,23 @@ def search_arguments(p: argparse.ArgumentParser):
             p.error("-k must be at least 1")
         try:
             index = Index.load(a.index)
-            results = index.search(a.image, k=a.k)
-        except (ImageError, IndexLoadError) as e:
+            results = index.search(a.image, k=a.k, spaces=a.spaces)
+        except (ImageError, IndexLoadError, ValueError) as e:
             return fail(str(e), 2)
         if a.json:
             print(json.dumps(results.to_dict(), indent=1))
             return 0
-        for space, hits in (("pixel space (exact Euclidean)", results.pixel), ("code space (Annoy, angular)", results.code)):
-            print(f"\n{space}")
-            print(f"{'rank':>4} {'id':>7} {'distance':>9}  {'label':<12} path")
+        for name, hits in results.hits.items():
+            space = index.spaces[name]
+            print(f"\n{space.title.lower()} ({space.metric})")
+            print(f"{'rank':>4} {'id':>7} {'distance':>10}  {'label':<12} path")
             for rank, h in enumerate(hits, 1):
-                print(f"{rank:>4} {h.id:>7} {h.distance:>9.4f}  {str(h.label or '-'):<12} {h.path or '-'}")
+                print(f"{rank:>4} {h.id:>7} {space.format_distance(h.distance):>10}  {str(h.label or '-'):<12} {h.path or '-'}")
         return 0
     return run
 
 
 # ---- evaluate ------------------------------------------------------------------------------
-
-EVALUATED = {"pixels": "raw pixels", "pca": "PCA", "codes_exact": "codes, exact", "codes_served": "codes, as served"}
-
 
 @command("evaluate", "measure retrieval quality (P@k, mAP@1000) of every representation")
 def evaluate_arguments(p: argparse.ArgumentParser):
@@ -132,7 +155,7 @@ def evaluate_arguments(p: argparse.ArgumentParser):
         import numpy as np
 
         from .data import CollectionError, load_collection
-        from .evaluate import EvaluationError, evaluate, plot_curves
+        from .evaluate import REPRESENTATIONS, EvaluationError, evaluate, plot_curves
         from .model import CheckpointError, load_checkpoint
         from .report import write_outputs
 
@@ -152,10 +175,12 @@ def evaluate_arguments(p: argparse.ArgumentParser):
 
         print(f"\n{len(queries):,} queries ({queries.spec}) against {len(database):,} images ({database.spec}); "
               f"model {info['fingerprint']}")
-        print(f"{'representation':<18} {'P@1':>7} {'P@10':>7} {'P@100':>7} {'mAP@1000':>9}")
-        for key, name in EVALUATED.items():
-            r = report[key]
-            print(f"{name:<18} {r['P@1']:>7.3f} {r['P@10']:>7.3f} {r['P@100']:>7.3f} {r['mAP@1000']:>9.3f}")
+        print(f"{'representation':<26} {'P@1':>7} {'P@10':>7} {'P@100':>7} {'mAP@1000':>9} {'bytes/item':>11}")
+        for key, name in REPRESENTATIONS.items():
+            if key in report:
+                r = report[key]
+                print(f"{name:<26} {r['P@1']:>7.3f} {r['P@10']:>7.3f} {r['P@100']:>7.3f} {r['mAP@1000']:>9.3f} "
+                      f"{report['bytes_per_item'][key]:>11,}")
         print(f"reconstruction MSE on the queries: {report['reconstruction_mse']:.4f}")
 
         if a.examples:

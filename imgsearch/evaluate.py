@@ -11,18 +11,23 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from .data import Collection
-from .index import METRIC, N_TREES, SEARCH_K, SEED, build_annoy
+from .knn import BruteForce, topk_ties_by_id
 from .model import encode_pixels
 from .report import new_figure, save_figure
+from .spaces.base import PCA_FIT_ROWS, BuildInput
+from .spaces.bits import WIDTHS, binarise, fit_binariser, hamming
+from .spaces.code import METRIC, N_TREES, SEARCH_K, SEED, build_annoy
 from .train import reconstruction_mse
 
 KS = (1, 10, 100)
 MAP_DEPTH = 1000
-PCA_COMPONENTS = 256  # the same length as the code: the linear auto-encoder it is measured against
+# Every representation evaluate() reports, as the JSON keys and the plots name them
+REPRESENTATIONS = {"pixels": "raw pixels", "pca": "PCA-256", "codes_exact": "codes, exact",
+                   "codes_served": "codes, as served (Annoy)", **{f"bits_{b}": f"{b} bits (Hamming)" for b in WIDTHS},
+                   "bits_256_sign": "256 bits, plain sign"}
 
 
 # ---- metrics -------------------------------------------------------------------------------
@@ -58,20 +63,9 @@ def figures(rel: np.ndarray) -> dict:
 
 # ---- search --------------------------------------------------------------------------------
 
-def exact_knn(db: np.ndarray, queries: np.ndarray, k: int, metric: str = "euclidean",
-              desc: str = "searching", chunk: int = 500) -> np.ndarray:
-    """Exact top-k ids (Q, k) by brute force, in query chunks so memory stays bounded."""
-    d = torch.from_numpy(np.ascontiguousarray(db, dtype=np.float32))
-    q_all = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-    if metric == "angular":
-        d, q_all = torch.nn.functional.normalize(d, dim=1), torch.nn.functional.normalize(q_all, dim=1)
-    sq = (d * d).sum(1)
-    out = np.empty((len(q_all), k), dtype=np.int64)
-    for s in tqdm(range(0, len(q_all), chunk), desc=desc, unit="chunk", mininterval=1.0):
-        q = q_all[s:s + chunk]
-        score = sq[None, :] - 2.0 * q @ d.T  # ||q - x||^2 up to a per-query constant
-        out[s:s + len(q)] = torch.topk(score, k, dim=1, largest=False, sorted=True).indices.numpy()
-    return out
+def exact_knn(db: np.ndarray, queries: np.ndarray, k: int, metric: str = "euclidean", desc: str = "searching") -> np.ndarray:
+    """Exact top-k ids (Q, k) by brute force, with a progress bar."""
+    return BruteForce(db, metric).search(queries, k, progress=lambda it: tqdm(it, desc=desc, unit="chunk", mininterval=1.0))[0]
 
 
 def annoy_knn(db_codes: np.ndarray, query_codes: np.ndarray, k: int, *, n_trees: int = N_TREES,
@@ -89,21 +83,12 @@ def annoy_knn(db_codes: np.ndarray, query_codes: np.ndarray, k: int, *, n_trees:
     return out
 
 
-def fit_pca(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, components (D, n)) from the covariance's eigenvectors."""
-    xt = torch.from_numpy(np.asarray(x, dtype=np.float32))
-    mean = xt.mean(0)
-    cov = torch.zeros(xt.shape[1], xt.shape[1], dtype=torch.float64)
-    for s in range(0, len(xt), 5000):
-        c = (xt[s:s + 5000] - mean).double()
-        cov += c.T @ c
-    vals, vecs = torch.linalg.eigh(cov / len(xt))
-    comps = vecs[:, torch.argsort(vals, descending=True)[:n]].float()
-    return mean.numpy(), comps.numpy()
-
-
-def pca_project(x: np.ndarray, mean: np.ndarray, comps: np.ndarray) -> np.ndarray:
-    return (np.asarray(x, dtype=np.float32) - mean) @ comps
+def hamming_knn(db_codes: np.ndarray, query_codes: np.ndarray, k: int, bits: int, *, method: str = "itq",
+                seed: int = SEED) -> np.ndarray:
+    """Top-k ids by exact Hamming distance between binary codes made as the bits space makes them."""
+    mean, projection = fit_binariser(db_codes, bits, method=method, seed=seed)
+    db, q = binarise(db_codes, mean, projection), binarise(query_codes, mean, projection)
+    return np.stack([topk_ties_by_id(hamming(db, w), k) for w in tqdm(q, desc=f"bits {bits} ({method})", mininterval=1.0)])
 
 
 # ---- the whole evaluation ------------------------------------------------------------------
@@ -121,13 +106,15 @@ def align_labels(database: Collection, queries: Collection) -> np.ndarray:
 
 
 def evaluate(database: Collection, queries: Collection, model, *, max_k: int = MAP_DEPTH,
-             n_trees: int = N_TREES, search_k: int = SEARCH_K) -> dict:
-    """Every representation's figures, precision curves and the model's reconstruction error."""
+             n_trees: int = N_TREES, search_k: int = SEARCH_K, seed: int = SEED) -> dict:
+    """Every representation's figures, precision curves, bytes per item and the model's reconstruction error.
+
+    The pca and bits representations are fitted exactly as an index build fits its spaces.
+    """
     q_labels = align_labels(database, queries)
     db_labels = database.labels
     depth = min(max_k, len(database))
-    seconds = {}
-    results, curves, retrieved = {}, {}, {}
+    seconds, results, curves, retrieved = {}, {}, {}, {}
 
     def record(name, ids, t0):
         rel = relevance(ids, db_labels, q_labels)
@@ -140,40 +127,60 @@ def evaluate(database: Collection, queries: Collection, model, *, max_k: int = M
     flat_q = queries.pixels.reshape(len(queries), -1).astype(np.float32) / 255.0
     t0 = time.time()
     record("pixels", exact_knn(flat_db, flat_q, depth, desc="pixels"), t0)
-
-    t0 = time.time()
-    mean, comps = fit_pca(flat_db, min(PCA_COMPONENTS, flat_db.shape[1], len(flat_db)))
-    record("pca", exact_knn(pca_project(flat_db, mean, comps), pca_project(flat_q, mean, comps), depth, desc="pca"), t0)
     del flat_db, flat_q
 
     t0 = time.time()
     db_codes = encode_pixels(model, database.pixels, progress=True)
     q_codes = encode_pixels(model, queries.pixels)
+    shared = BuildInput(database.pixels, db_codes, seed=seed)
+    pca = shared.pixel_pca
+    record("pca", exact_knn(pca.project(database.pixels), pca.project(queries.pixels), depth, desc="pca"), t0)
+
+    t0 = time.time()
     record("codes_exact", exact_knn(db_codes, q_codes, depth, metric=METRIC, desc="codes"), t0)
     t0 = time.time()
     record("codes_served", annoy_knn(db_codes, q_codes, depth, n_trees=n_trees, search_k=search_k), t0)
+    widths = [b for b in WIDTHS if b <= db_codes.shape[1]]
+    for b in widths:
+        t0 = time.time()
+        record(f"bits_{b}", hamming_knn(db_codes, q_codes, depth, b, seed=seed), t0)
+    if db_codes.shape[1] == 256:
+        t0 = time.time()
+        record("bits_256_sign", hamming_knn(db_codes, q_codes, depth, 256, method="sign"), t0)
 
+    d = db_codes.shape[1]
+    bytes_per_item = {"pixels": database.pixels[0].size, "pca": 4 * pca.n_components, "codes_exact": 4 * d,
+                      "codes_served": 4 * d, **{f"bits_{b}": b // 8 for b in widths}}
+    if "bits_256_sign" in results:
+        bytes_per_item["bits_256_sign"] = 32
     return {
         **results,
         "reconstruction_mse": round(reconstruction_mse(model, queries.pixels), 5),
+        "bytes_per_item": bytes_per_item,
         "precision_curves": curves,
         "seconds": seconds,
         "settings": {"database": database.spec, "queries": queries.spec, "database_items": len(database),
-                     "query_items": len(queries), "pca_components": int(comps.shape[1]), "metric": METRIC,
-                     "n_trees": n_trees, "search_k": search_k},
+                     "query_items": len(queries), "pca_components": pca.n_components,
+                     "pca_fit_rows": min(len(database), PCA_FIT_ROWS), "metric": METRIC,
+                     "n_trees": n_trees, "search_k": search_k, "bits_method": "itq"},
         "_retrieved": retrieved,  # top-10 ids per query; the quality view shows examples from them
         "_query_labels": q_labels,
     }
 
 
 def plot_curves(report: dict, path) -> None:
-    """Precision at k = 1..100 for every representation, as a PNG."""
+    """Precision at k = 1..100 for every representation, as a PNG: codes solid, bits dashed, baselines dotted."""
     fig, ax = new_figure()
-    names = {"pixels": "raw pixels", "pca": f"PCA-{report['settings']['pca_components']}",
-             "codes_exact": "auto-encoder codes (exact)", "codes_served": "codes as served (Annoy)"}
-    for key, label in names.items():
+    styles = {"pixels": ("tab:grey", ":"), "pca": ("tab:brown", ":"), "codes_exact": ("tab:blue", "-"),
+              "codes_served": ("tab:cyan", (0, (1, 2))), "bits_64": ("tab:olive", "--"), "bits_128": ("tab:orange", "--"),
+              "bits_256": ("tab:red", "--"), "bits_256_sign": ("tab:pink", "-.")}
+    for key, label in REPRESENTATIONS.items():
+        if key not in report["precision_curves"]:
+            continue
         curve = report["precision_curves"][key]
-        ax.plot(range(1, len(curve) + 1), curve, label=label, linestyle="--" if key == "codes_served" else "-")
+        colour, style = styles.get(key, (None, "-"))
+        ax.plot(range(1, len(curve) + 1), curve, label=label, color=colour, linestyle=style,
+                linewidth=2.4 if key == "codes_served" else 1.6)
     s = report["settings"]
     ax.set(xlabel="k", ylabel="precision at k", xscale="log",
            title=f"{s['query_items']:,} queries vs {s['database_items']:,} database images")

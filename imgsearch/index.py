@@ -1,17 +1,6 @@
 """Build an index directory from a collection, publish it atomically, load it back.
 
-An index directory holds row-aligned files (row i of every file = item i = Annoy id i):
-
-    meta.json    what built it: code dimension, metric, Annoy settings, the model's fingerprint,
-                 the collection, item count, class names, preprocessing, file sizes
-    model.pt     a copy of the checkpoint that made the codes, so the index is self-contained
-    codes.npy    (N, code_dim) float32 codes
-    codes.ann    Annoy index over codes.npy (ids 0..N-1)
-    pixels.npy   (N, 32, 32, 3) uint8: exact pixel-space search, and each item's thumbnail
-    labels.npy   (N,) int64 class index into meta["classes"], -1 where unknown
-    paths.json   N entries: the item's own file, or null (CIFAR-10 items live in an archive)
-    map_code.npy, map_pixel.npy   (N, 2) float32: 2-D maps of code and pixel space (optional)
-
+The directory's files are listed in layout.py; every registered space (spaces/) adds its own.
 `--out data/index` is a symlink to `data/index.builds/<timestamp>/`. A rebuild writes a new
 build directory and only then swaps the symlink with one atomic rename, so a reader never
 sees a half-written index and a running app keeps its already-open files.
@@ -25,49 +14,33 @@ import time
 from pathlib import Path
 
 import numpy as np
-from annoy import AnnoyIndex
 
+from . import layout
 from .data import DATA_DIR, Collection, load_collection
 from .images import PREPROCESSING
 from .model import encode_pixels, load_checkpoint
 from .projection import LANDMARKS, collection_maps
+from .spaces import SPACES, BuildInput, SpaceError
+from .spaces.code import METRIC, N_TREES, SEARCH_K, SEED, build_annoy  # noqa: F401 (the evaluation and benchmark use them)
 
-FORMAT = "imgsearch-index-v1"
 DEFAULT_INDEX = DATA_DIR / "index"
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "cifar10-ae.pt"
-METRIC = "angular"  # cosine: the codes are trained with a cosine (InfoNCE) objective
-N_TREES = 20  # from the sweep in docs/speed.md: more trees barely help at a given search_k,
-SEARCH_K = 10_000  # which sets the latency; 10,000 keeps recall@10 above 0.98 with a margin, under 1 ms
 MAP_METHOD = f"t-SNE of {LANDMARKS} landmarks, other points placed among their nearest landmarks (cosine)"
-SEED = 0  # Annoy's tree-splitting seed: the same inputs give a byte-identical index
 
 
 class IndexLoadError(RuntimeError):
     """An index that cannot be used as asked; the message says why and what to do."""
 
 
-def build_annoy(codes: np.ndarray, n_trees: int, *, seed: int = SEED, path: Path | None = None,
-                n_jobs: int = 1) -> AnnoyIndex:
-    """A seeded Annoy index over the codes, item i = row i.
-
-    One thread keeps the tree order, and so the file, deterministic; `path` builds on disk,
-    for indexes too large to hold twice in memory.
-    """
-    ann = AnnoyIndex(codes.shape[1], METRIC)
-    ann.set_seed(seed)
-    if path is not None:
-        ann.on_disk_build(str(path))
-    for i, v in enumerate(codes):
-        ann.add_item(i, v)
-    ann.build(n_trees, n_jobs=n_jobs)
-    return ann
-
-
 def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLike = DEFAULT_CHECKPOINT,
-                out: str | os.PathLike = DEFAULT_INDEX, *, n_trees: int = N_TREES, search_k: int = SEARCH_K,
-                seed: int = SEED, maps: bool = True, progress: bool = True, on_step=None) -> dict:
-    """Encode a collection, build the Annoy index and publish it at `out`. Returns a summary.
+                out: str | os.PathLike = DEFAULT_INDEX, *, spaces: list[str] | None = None,
+                options: dict | None = None, n_trees: int = N_TREES, search_k: int = SEARCH_K,
+                bits: int | None = None, seed: int = SEED, maps: bool = True, progress: bool = True,
+                on_step=None) -> dict:
+    """Encode a collection, build every space's search structure and publish the index at `out`.
 
+    `spaces` (default: every registered one) and `options` (space name -> keyword options) choose
+    what is built; `n_trees`, `search_k` and `bits` are the common options spelled out.
     `on_step(name, fraction)` lets a caller (the app) show progress without tqdm.
     """
     step = on_step or (lambda name, frac: None)
@@ -77,7 +50,12 @@ def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLik
     model, info = load_checkpoint(model_path)
     step("encoding", 0.3)
     codes = encode_pixels(model, collection.pixels, progress=progress)
-    step("building the code index", 0.6)
+    options = {"code": {"n_trees": n_trees, "search_k": search_k}, **({"bits": {"bits": bits}} if bits else {}),
+               **(options or {})}
+    names = list(spaces or SPACES)
+    unknown = [n for n in names if n not in SPACES]
+    if unknown:
+        raise ValueError(f"Unknown space {unknown[0]!r}; the spaces are {', '.join(SPACES)}.")
 
     out = Path(out)
     builds = out.parent / (out.name + ".builds")
@@ -88,29 +66,33 @@ def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLik
     tmp_dir = build_dir.with_name(build_dir.name + ".partial")
     tmp_dir.mkdir()
     try:
-        ann = build_annoy(codes, n_trees, seed=seed)
-        ann.save(str(tmp_dir / "codes.ann"))
-        ann.unload()
+        np.save(tmp_dir / layout.CODES, codes)
+        np.save(tmp_dir / layout.PIXELS, collection.pixels)
+        np.save(tmp_dir / layout.LABELS, collection.labels)
+        (tmp_dir / layout.PATHS).write_text(json.dumps(collection.paths))
+        shutil.copyfile(model_path, tmp_dir / layout.MODEL)
+        built, skipped_spaces, space_seconds = {}, {}, {}
+        shared = BuildInput(collection.pixels, codes, seed=seed, options=options)
+        for n, name in enumerate(names):
+            step(f"building the {name} space", 0.4 + 0.35 * n / len(names))
+            t = time.time()
+            try:
+                built[name] = SPACES[name].build(shared, tmp_dir, **options.get(name, {}))
+            except SpaceError as e:
+                skipped_spaces[name] = str(e)
+            space_seconds[name] = round(time.time() - t, 2)
         map_seconds = None
         if maps:
             step("mapping the collection in 2-D", 0.75)
             t = time.time()
             for space, xy in collection_maps(codes, collection.pixels, seed=seed).items():
-                np.save(tmp_dir / f"map_{space}.npy", xy)
+                np.save(tmp_dir / layout.map_file(space), xy)
             map_seconds = round(time.time() - t, 2)
         step("writing", 0.9)
-        np.save(tmp_dir / "codes.npy", codes)
-        np.save(tmp_dir / "pixels.npy", collection.pixels)
-        np.save(tmp_dir / "labels.npy", collection.labels)
-        (tmp_dir / "paths.json").write_text(json.dumps(collection.paths))
-        shutil.copyfile(model_path, tmp_dir / "model.pt")
         meta = {
-            "format": FORMAT,
+            "format": layout.FORMAT,
             "items": len(codes),
             "code_dim": int(codes.shape[1]),
-            "metric": METRIC,
-            "n_trees": n_trees,
-            "search_k": search_k,
             "seed": seed,
             "model": {"fingerprint": info["fingerprint"], "source": str(model_path),
                       "model_args": info["model_args"], "trained_on": info["trained_on"]},
@@ -118,15 +100,16 @@ def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLik
             "classes": collection.classes,
             "skipped": len(collection.skipped),
             "preprocessing": PREPROCESSING,
-            "pixel_metric": "euclidean on 32x32x3 pixels scaled to [0, 1]",
-            "display": {"thumbnails": "pixels.npy", "originals": "paths.json (null: no file of its own)"},
-            "ann_bytes": (tmp_dir / "codes.ann").stat().st_size,
+            "spaces": built,
+            "spaces_skipped": skipped_spaces,
+            "display": {"thumbnails": layout.PIXELS, "originals": f"{layout.PATHS} (null: no file of its own)"},
             "built_at": time.strftime("%Y-%m-%d %H:%M:%S"),
             "build_seconds": None,
+            "space_seconds": space_seconds,
             "maps": {"method": MAP_METHOD, "seconds": map_seconds} if maps else None,
         }
         meta["build_seconds"] = round(time.time() - started, 2)
-        (tmp_dir / "meta.json").write_text(json.dumps(meta, indent=1))
+        (tmp_dir / layout.META).write_text(json.dumps(meta, indent=1))
         tmp_dir.rename(build_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -134,7 +117,7 @@ def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLik
     publish(build_dir, out)
     step("done", 1.0)
     return {"index": str(out), "build_dir": str(build_dir), "items": len(codes), "skipped": collection.skipped,
-            "seconds": round(time.time() - started, 2)}
+            "spaces": list(built), "spaces_skipped": skipped_spaces, "seconds": round(time.time() - started, 2)}
 
 
 def publish(build_dir: Path, out: Path, keep: int = 2) -> None:
@@ -161,13 +144,17 @@ def resolve(index_dir: str | os.PathLike = DEFAULT_INDEX) -> Path:
 
 
 def read_meta(index_dir: str | os.PathLike) -> dict:
-    path = Path(index_dir) / "meta.json"
+    path = Path(index_dir) / layout.META
     if not path.is_file():
-        raise IndexLoadError(f"No index at {index_dir}; build one with scripts/build_index.py.")
+        raise IndexLoadError(f"No index at {index_dir}; build one with `imgsearch build-index` (scripts/build_index.py).")
     try:
         meta = json.loads(path.read_text())
     except (OSError, ValueError):
-        raise IndexLoadError(f"{path} is corrupt; rebuild the index with scripts/build_index.py.") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise IndexLoadError(f"{index_dir} is not an {FORMAT} index; rebuild it with scripts/build_index.py.")
+        raise IndexLoadError(f"{path} is corrupt; rebuild the index with `imgsearch build-index`.") from None
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    if fmt in layout.OLD_FORMATS:
+        raise IndexLoadError(f"{index_dir} was built by an older imgsearch ({fmt}, without the pca and bits spaces); "
+                             "rebuild it with `imgsearch build-index` (the same --data and --out).")
+    if fmt != layout.FORMAT:
+        raise IndexLoadError(f"{index_dir} is not an {layout.FORMAT} index; rebuild it with `imgsearch build-index`.")
     return meta

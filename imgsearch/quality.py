@@ -19,34 +19,37 @@ DEFAULT_EVALUATION = Path(__file__).resolve().parent.parent / "docs" / "evaluati
 
 @dataclass
 class Disagreements:
+    """Top-1 results of one class's sampled items, in every space, and where two spaces disagree."""
     label: str
+    first: str  # the space whose wins are listed first (default: code)
+    second: str  # the space it is compared with (default: pixel)
     queries: int = 0
-    pixel_right: int = 0
-    code_right: int = 0
-    code_wins: list[tuple[int, int, int]] = field(default_factory=list)  # (query, pixel's top-1, code's top-1)
-    pixel_wins: list[tuple[int, int, int]] = field(default_factory=list)
+    right: dict[str, int] = field(default_factory=dict)  # space -> queries whose top-1 has the class
+    first_wins: list[tuple[int, int, int]] = field(default_factory=list)  # (query, first's top-1, second's top-1)
+    second_wins: list[tuple[int, int, int]] = field(default_factory=list)
     both_wrong: list[tuple[int, int, int]] = field(default_factory=list)
 
 
-def disagreements(index: Index, label: str, *, n_queries: int = 100, seed: int = 0, on_progress=None) -> Disagreements:
-    """Sample up to n_queries items of `label`; sort them by which space's top-1 got the class right."""
+def disagreements(index: Index, label: str, *, first: str = "code", second: str = "pixel", n_queries: int = 100,
+                  seed: int = 0, on_progress=None) -> Disagreements:
+    """Sample up to n_queries items of `label`, search every space; sort them by which of two spaces got it right."""
     ids = index.items_of(label)
     rng = np.random.default_rng(seed)
     sample = rng.choice(ids, min(n_queries, len(ids)), replace=False)
-    out = Disagreements(label)
+    out = Disagreements(label, first, second, right={name: 0 for name in index.spaces})
     for n, i in enumerate(sample):
-        res = index.search(int(i), k=1)
-        p, c = res.pixel[0], res.code[0]
-        p_ok, c_ok = p.label == label, c.label == label
+        res = index.search(int(i), k=1, spaces=list(index.spaces))
+        top = {name: hits[0] for name, hits in res.hits.items()}
         out.queries += 1
-        out.pixel_right += p_ok
-        out.code_right += c_ok
-        triple = (int(i), p.id, c.id)
-        if c_ok and not p_ok:
-            out.code_wins.append(triple)
-        elif p_ok and not c_ok:
-            out.pixel_wins.append(triple)
-        elif not p_ok and not c_ok:
+        for name, hit in top.items():
+            out.right[name] += hit.label == label
+        a_ok, b_ok = top[first].label == label, top[second].label == label
+        triple = (int(i), top[first].id, top[second].id)
+        if a_ok and not b_ok:
+            out.first_wins.append(triple)
+        elif b_ok and not a_ok:
+            out.second_wins.append(triple)
+        elif not a_ok and not b_ok:
             out.both_wrong.append(triple)
         if on_progress:
             on_progress((n + 1) / len(sample))

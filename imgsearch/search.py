@@ -1,8 +1,8 @@
-"""Search a built index in pixel space (exact) and in code space (Annoy).
+"""Search a built index in every space it holds: pixels, PCA, the float code, the bits.
 
     index = Index.load("data/index")
-    results = index.search("photo.jpg", k=10)      # or a PIL image, bytes, or an item id
-    for hit in results.code: print(hit.id, hit.distance, hit.label, hit.path)
+    results = index.search("photo.jpg", k=10, spaces=["pixel", "code", "bits"])  # or an image, bytes, an item id
+    for hit in results.hits["bits"]: print(hit.id, hit.distance, hit.label, hit.path)
     index.thumbnail(hit.id)                        # (32, 32, 3) uint8
 """
 from __future__ import annotations
@@ -13,18 +13,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from annoy import AnnoyIndex
 
+from . import layout
 from .images import PREPROCESSING, to_pixels
 from .index import DEFAULT_INDEX, IndexLoadError, read_meta, resolve
 from .model import CheckpointError, encode_pixels, load_checkpoint, reconstruct
+from .spaces import DEFAULT_SPACES, SPACES, LoadInput, Query, Space, SpaceError
 
 
 @dataclass
 class Hit:
     id: int  # row in every per-item file, and the Annoy id
-    distance: float  # pixel space: Euclidean on [0, 1] pixels; code space: Annoy angular, sqrt(2 - 2 cos)
+    distance: float  # in the space's own unit: Euclidean on [0, 1] pixels, Annoy angular, Hamming bits
     label: str | None
     path: str | None  # the item's own file; None when it has none (CIFAR-10)
 
@@ -36,60 +36,35 @@ class Hit:
 class Results:
     query_pixels: np.ndarray  # (32, 32, 3) uint8: what the search actually compared
     query_id: int | None  # the query's item id when it came from the collection
-    pixel: list[Hit]
-    code: list[Hit]
+    hits: dict[str, list[Hit]]  # space name -> hits, nearest first, in the order the spaces were asked for
+
+    @property
+    def pixel(self) -> list[Hit]:
+        return self.hits["pixel"]
+
+    @property
+    def code(self) -> list[Hit]:
+        return self.hits["code"]
 
     def agreement(self, label: str | None) -> dict[str, int] | None:
         """How many hits in each space share the query's class; None when it has none."""
         if label is None:
             return None
-        return {space: sum(h.label == label for h in hits) for space, hits in (("pixel", self.pixel), ("code", self.code))}
+        return {space: sum(h.label == label for h in hits) for space, hits in self.hits.items()}
 
     def to_dict(self) -> dict:
-        return {"pixel": [h.to_dict() for h in self.pixel], "code": [h.to_dict() for h in self.code]}
-
-
-class PixelSearch:
-    """Exact Euclidean search over the flattened pixels.
-
-    The scan is memory-bound, so the database is held in float16 (half the bytes of float32),
-    centred on 0.5 so the products stay small and precise: ||q - x||^2 = ||x||^2 - 2 q.x + ||q||^2
-    ranks every item in one matrix-vector product. That ranking is approximate by a rounding
-    error, so a generous shortlist is re-ranked on exact uint8 differences: the returned ids
-    and distances are those of exact search (scripts/benchmark.py checks the agreement).
-    """
-
-    RERANK = 256  # shortlist beyond k; rounding moves d^2 by ~0.05, far less than this list spans
-
-    def __init__(self, pixels: np.ndarray):
-        self.pixels = np.asarray(pixels).reshape(len(pixels), -1)
-        self.data = torch.empty(self.pixels.shape, dtype=torch.float16)
-        for s in range(0, len(self.pixels), 8192):  # in chunks: no float32 copy of the whole database
-            chunk = torch.from_numpy(self.pixels[s:s + 8192].astype(np.float32)).div_(255.0).sub_(0.5)
-            self.data[s:s + 8192] = chunk.half()
-        self.sq_norms = torch.cat([(c.float() ** 2).sum(1) for c in self.data.split(8192)])
-
-    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        q = q.reshape(-1)
-        qv = torch.from_numpy(q.astype(np.float32) / 255.0 - 0.5).half()
-        d2 = self.sq_norms - 2.0 * (self.data @ qv).float()
-        shortlist = torch.topk(d2, min(k + self.RERANK, len(d2)), largest=False, sorted=False).indices.numpy()
-        diff = self.pixels[shortlist].astype(np.float32) - q.astype(np.float32)
-        exact = np.sqrt((diff * diff).sum(1)) / 255.0
-        order = np.lexsort((shortlist, exact))[:k]  # ties broken by id, as a stable exact sort would
-        return shortlist[order], exact[order]
+        return {space: [h.to_dict() for h in hits] for space, hits in self.hits.items()}
 
 
 class Index:
-    """A loaded index: the model that made it, its codes, its Annoy trees and its pixels."""
+    """A loaded index: the model that made it, the per-item files, and a searcher per space."""
 
-    def __init__(self, path: Path, meta: dict, model, model_info: dict, codes: np.ndarray, ann: AnnoyIndex,
-                 pixels: np.ndarray, labels: np.ndarray, paths: list):
+    def __init__(self, path: Path, meta: dict, model, model_info: dict, codes: np.ndarray, pixels: np.ndarray,
+                 labels: np.ndarray, paths: list, spaces: dict[str, Space]):
         self.path, self.meta, self.model, self.model_info = path, meta, model, model_info
-        self.codes, self.ann, self.pixels, self.labels, self.paths = codes, ann, pixels, labels, paths
+        self.codes, self.pixels, self.labels, self.paths = codes, pixels, labels, paths
+        self.spaces = spaces  # name -> loaded Space, in registry order
         self.classes: list[str] = meta["classes"]
-        self.search_k: int = meta["search_k"]
-        self.pixel_search = PixelSearch(pixels)
         self._path_to_id = {p: i for i, p in enumerate(paths) if p}
         self.maps: dict[str, np.ndarray] = {}  # "code"/"pixel" -> (N, 2), when the build made them
 
@@ -106,7 +81,7 @@ class Index:
         meta = read_meta(path)
         n, dim = meta["items"], meta["code_dim"]
         try:
-            model, info = load_checkpoint(model_path or path / "model.pt")
+            model, info = load_checkpoint(model_path or path / layout.MODEL)
         except CheckpointError as e:
             raise IndexLoadError(str(e)) from None
         if info["fingerprint"] != meta["model"]["fingerprint"]:
@@ -120,20 +95,28 @@ class Index:
             raise IndexLoadError(f"The index was built from {meta['preprocessing'].get('size')}px images; "
                                  f"this version uses {PREPROCESSING['size']}px: rebuild it.")
         try:
-            codes = np.load(path / "codes.npy")
-            pixels = np.load(path / "pixels.npy")
-            labels = np.load(path / "labels.npy")
-            paths = json.loads((path / "paths.json").read_text())
+            codes = np.load(path / layout.CODES)
+            pixels = np.load(path / layout.PIXELS)
+            labels = np.load(path / layout.LABELS)
+            paths = json.loads((path / layout.PATHS).read_text())
         except (OSError, ValueError) as e:
             raise IndexLoadError(f"A file of the index at {index_dir} is missing or corrupt ({e}); rebuild it.") from None
-        for name, shape, want in (("codes.npy", codes.shape, (n, dim)), ("pixels.npy", pixels.shape, (n, 32, 32, 3)),
-                                  ("labels.npy", labels.shape, (n,)), ("paths.json", (len(paths),), (n,))):
+        for name, shape, want in ((layout.CODES, codes.shape, (n, dim)), (layout.PIXELS, pixels.shape, (n, 32, 32, 3)),
+                                  (layout.LABELS, labels.shape, (n,)), (layout.PATHS, (len(paths),), (n,))):
             if tuple(shape) != want:
                 raise IndexLoadError(f"{name} in {index_dir} has shape {tuple(shape)}, meta.json says {want}: rebuild it.")
-        ann = _load_ann(path / "codes.ann", meta, codes, index_dir)
-        index = cls(path, meta, model, info, codes, ann, pixels, labels, paths)
+        shared = LoadInput(path, n, pixels, codes)
+        spaces = {}
+        for name, section in meta["spaces"].items():
+            if name not in SPACES:
+                continue  # a space this version does not know (a plug-in not registered here): the others still serve
+            try:
+                spaces[name] = SPACES[name].load(shared, section)
+            except SpaceError as e:
+                raise IndexLoadError(f"The {name} space of the index at {index_dir} is unusable: {e}; rebuild it.") from None
+        index = cls(path, meta, model, info, codes, pixels, labels, paths, spaces)
         for space in ("code", "pixel"):
-            f = path / f"map_{space}.npy"
+            f = path / layout.map_file(space)
             if f.is_file():
                 xy = np.load(f)
                 if xy.shape != (n, 2):
@@ -166,23 +149,26 @@ class Index:
         """What the code keeps: decode(encode(pixels)) as (32, 32, 3) uint8."""
         return reconstruct(self.model, pixels[None])[0]
 
-    def search(self, query, k: int = 10, *, exclude_self: bool = True) -> Results:
-        """Top-k in pixel space and in code space. A query from the collection leaves itself out."""
+    def check_spaces(self, spaces) -> list[str]:
+        """The requested space names, or ValueError naming the ones this index has."""
+        names = list(spaces or DEFAULT_SPACES)
+        missing = [s for s in names if s not in self.spaces]
+        if missing:
+            raise ValueError(f"This index has no {missing[0]!r} space; it has {', '.join(self.spaces)}.")
+        return names
+
+    def search(self, query, k: int = 10, *, spaces=None, exclude_self: bool = True) -> Results:
+        """Top-k in each requested space (default: pixel and code). A query from the collection leaves itself out."""
+        names = self.check_spaces(spaces)
         pixels, item = self.query_pixels(query)
         skip = item if exclude_self else None
-        extra = 1 if skip is not None else 0
-        ids, dists = self.pixel_search.search(pixels, k + extra)
-        pixel_hits = self._hits(ids, dists, skip, k)
-        ids, dists = self.search_codes(self.encode(pixels), k + extra)
-        code_hits = self._hits(ids, dists, skip, k)
-        return Results(pixels, item, pixel_hits, code_hits)
-
-    def search_codes(self, code: np.ndarray, k: int, search_k: int | None = None) -> tuple[list, list]:
-        return self.ann.get_nns_by_vector(code, k, search_k=search_k or self.search_k, include_distances=True)
-
-    def _hits(self, ids, dists, skip, k) -> list[Hit]:
-        hits = [self.hit(int(i), float(d)) for i, d in zip(ids, dists) if i != skip]
-        return hits[:k]
+        q = Query(pixels, self.encode)
+        hits = {}
+        for name in names:
+            space = self.spaces[name]
+            ids, dists = space.search(space.embed(q), k + (skip is not None))
+            hits[name] = [self.hit(int(i), float(d)) for i, d in zip(ids, dists) if i != skip][:k]
+        return Results(pixels, item, hits)
 
     def hit(self, i: int, distance: float) -> Hit:
         return Hit(i, distance, self.label(i), self.paths[i])
@@ -203,21 +189,3 @@ class Index:
 
     def thumbnail(self, i: int) -> np.ndarray:
         return self.pixels[i]
-
-
-def _load_ann(ann_path: Path, meta: dict, codes: np.ndarray, index_dir) -> AnnoyIndex:
-    """Annoy trusts its file blindly (a truncated file can crash the process), so check it first."""
-    if not ann_path.is_file() or ann_path.stat().st_size != meta["ann_bytes"]:
-        raise IndexLoadError(f"codes.ann in {index_dir} is missing or not the size meta.json records: rebuild it.")
-    ann = AnnoyIndex(meta["code_dim"], meta["metric"])
-    try:
-        ann.load(str(ann_path))  # memory-mapped: shared between processes, not copied
-    except OSError as e:
-        raise IndexLoadError(f"codes.ann in {index_dir} could not be loaded ({e}): rebuild it.") from None
-    if ann.get_n_items() != meta["items"]:
-        raise IndexLoadError(f"codes.ann holds {ann.get_n_items()} items, meta.json says {meta['items']}: rebuild it.")
-    for i in np.linspace(0, meta["items"] - 1, num=min(8, meta["items"])).astype(int):
-        stored = np.asarray(ann.get_item_vector(int(i)), dtype=np.float32)
-        if not np.allclose(stored, codes[i], rtol=1e-4, atol=1e-5):
-            raise IndexLoadError(f"codes.ann and codes.npy in {index_dir} disagree at item {i}: rebuild the index.")
-    return ann

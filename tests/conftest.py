@@ -43,7 +43,7 @@ def collection(collection_dir):
     return load_folder(collection_dir, progress=False)
 
 
-def tiny_checkpoint(path: Path, code_dim: int = 16, seed: int = 0) -> Path:
+def tiny_checkpoint(path: Path, code_dim: int = 64, seed: int = 0) -> Path:
     """An untrained but deterministic tiny model: search tests need a fixed encoder, not a good one."""
     import torch
 

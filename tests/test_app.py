@@ -38,6 +38,7 @@ def test_first_page_invites_a_query_and_describes_the_index(app):
     assert any("Upload an image or pick one" in i.value for i in app.info)
     sidebar = " ".join(m.value for m in app.sidebar.markdown)
     assert "**60** images" in sidebar and "angular" in sidebar and "n_trees 4" in sidebar and "search_k 1,000" in sidebar
+    assert all(f"**{s}**" in sidebar for s in ("pixel", "pca", "code", "bits")) and "64 bits (8 bytes)" in sidebar
 
 
 def test_pick_by_number_shows_both_grids_with_counts(app):
@@ -47,7 +48,7 @@ def test_pick_by_number_shows_both_grids_with_counts(app):
     assert heads[0].startswith("Pixel space: ") and heads[1].startswith("Code space: ")
     assert heads[0] == "Pixel space: 10/10 share the query's class"  # red images are trivially close in pixels
     caps = captions(app)
-    assert "Item 45" in caps and "32×32, as searched" in caps and "Reconstruction from its 16-d code" in caps
+    assert "Item 45" in caps and "32×32, as searched" in caps and "Auto-encoder: rebuilt from its 64-d code" in caps and "PCA: rebuilt from 256 components" in caps
     ranks = [c for c in caps if "· d=" in c]
     assert len(ranks) == 20 and ranks[0].startswith("✓ #1 · red")
     assert any("the query itself is left out" in c.value for c in app.caption)
@@ -133,7 +134,7 @@ def test_quality_view_shows_figures_and_disagreements(app, tmp_path, monkeypatch
     assert len(app.dataframe) == 1
     app.selectbox(key="quality_class").set_value("red").run()
     text = " ".join(m.value for m in app.markdown)
-    assert "Of 20 sampled **red** images" in text and "Code search right, pixel search wrong" in text
+    assert "Of 20 sampled **red** images" in text and "Code space right, pixel space wrong" in text
 
 
 def test_quality_view_without_a_report_says_how_to_make_one(app, tmp_path, monkeypatch):

@@ -65,14 +65,14 @@ def test_upload_in_a_real_browser_shows_both_grids(server, tmp_path):
         page.get_by_text("Upload an image or pick one").wait_for(timeout=60_000)
         started = time.time()
         page.locator("input[type=file]").set_input_files(str(query))
-        page.get_by_text("Pixel space", exact=True).wait_for(timeout=60_000)
-        page.get_by_text("Code space", exact=True).wait_for(timeout=60_000)
+        page.get_by_role("heading", name="Pixel space", exact=True).wait_for(timeout=60_000)
+        page.get_by_role("heading", name="Code space", exact=True).wait_for(timeout=60_000)
         page.get_by_text("#10 ·").nth(1).wait_for(timeout=60_000)  # the last result of the second grid
         seconds = time.time() - started
         page.wait_for_timeout(500)  # let the images paint
         page.screenshot(path=str(OUTPUT / "browser-upload.png"), full_page=True)
         assert page.get_by_text("Upload: photo.jpg").count() == 1
-        assert page.get_by_text("Reconstruction from its 16-d code").count() == 1
+        assert page.get_by_text("Auto-encoder: rebuilt from its 64-d code").count() == 1
         assert page.get_by_role("button", name="more like this").count() == 20
         browser.close()
     (OUTPUT / "browser-upload.txt").write_text(f"upload to both grids: {seconds:.2f} s\n")

@@ -14,13 +14,20 @@ from conftest import tiny_checkpoint
 
 def test_meta_describes_the_index(index_dir, collection, checkpoint):
     meta = read_meta(index_dir)
-    assert meta["items"] == 60 and meta["code_dim"] == 16 and meta["metric"] == "angular"
-    assert meta["n_trees"] == 4 and meta["search_k"] == 1000 and meta["classes"] == ["blue", "green", "red"]
+    assert meta["items"] == 60 and meta["code_dim"] == 64 and meta["format"] == "imgsearch-index-v2"
+    spaces = meta["spaces"]
+    assert list(spaces) == ["pixel", "pca", "code", "bits"] and meta["spaces_skipped"] == {}
+    assert spaces["code"]["metric"] == "angular" and spaces["code"]["dims"] == 64
+    assert spaces["code"]["settings"]["n_trees"] == 4 and spaces["code"]["settings"]["search_k"] == 1000
+    assert spaces["pixel"]["dims"] == 3072 and spaces["pca"]["dims"] == 256
+    assert spaces["bits"]["metric"] == "hamming" and spaces["bits"]["bits"] == 64 and spaces["bits"]["bytes_per_item"] == 8
+    assert meta["classes"] == ["blue", "green", "red"]
     assert meta["collection"] == collection.spec and meta["skipped"] == 0
     assert len(meta["model"]["fingerprint"]) == 16 and meta["preprocessing"]["size"] == 32
     files = {p.name for p in resolve(index_dir).iterdir()}
     assert files == {"meta.json", "model.pt", "codes.npy", "codes.ann", "pixels.npy", "labels.npy", "paths.json",
-                     "map_code.npy", "map_pixel.npy"}
+                     "map_code.npy", "map_pixel.npy", "pixel_bound.npz", "pca.npz", "bits.npz"}
+    assert files >= {f for s in meta["spaces"].values() for f in s["files"]}
 
 
 def test_files_are_row_aligned(index_dir, collection):
@@ -30,7 +37,7 @@ def test_files_are_row_aligned(index_dir, collection):
     assert index.paths == collection.paths
     assert [index.label(i) for i in range(60)] == [collection.label_name(i) for i in range(60)]
     for i in (0, 31, 59):
-        assert np.allclose(index.ann.get_item_vector(i), index.codes[i], atol=1e-6)
+        assert np.allclose(index.spaces["code"].ann.get_item_vector(i), index.codes[i], atol=1e-6)
         assert np.allclose(index.encode(collection.pixels[i]), index.codes[i], atol=1e-5)
 
 
@@ -115,8 +122,8 @@ def test_rebuild_swaps_atomically_and_the_old_index_keeps_serving(tmp_path, coll
 
     build_index(collection, checkpoint, out, n_trees=3, maps=False, progress=False, on_step=during)
     assert seen == [first]
-    assert resolve(out) != first and read_meta(out)["n_trees"] == 3
-    assert old.search(5, k=3).pixel and old.meta["n_trees"] == 2
+    assert resolve(out) != first and read_meta(out)["spaces"]["code"]["settings"]["n_trees"] == 3
+    assert old.search(5, k=3).pixel and old.meta["spaces"]["code"]["settings"]["n_trees"] == 2
     assert not [p for p in (tmp_path / "index.builds").iterdir() if p.name.endswith(".partial")]
 
 
@@ -131,7 +138,7 @@ def test_a_failed_build_leaves_the_old_index_in_place(tmp_path, collection, chec
 
     with pytest.raises(KeyboardInterrupt):
         build_index(collection, checkpoint, out, n_trees=3, maps=False, progress=False, on_step=fail)
-    assert resolve(out) == first and Index.load(out).meta["n_trees"] == 2
+    assert resolve(out) == first and Index.load(out).meta["spaces"]["code"]["settings"]["n_trees"] == 2
     assert not [p for p in (tmp_path / "index.builds").iterdir() if p.name.endswith(".partial")]
 
 
@@ -164,7 +171,7 @@ def copy_of(index_dir, tmp_path):
 
 
 def test_a_different_model_is_refused(copy_of, tmp_path):
-    other = tiny_checkpoint(tmp_path / "other.pt", code_dim=16, seed=1)
+    other = tiny_checkpoint(tmp_path / "other.pt", code_dim=64, seed=1)
     with pytest.raises(IndexLoadError, match="was built by model"):
         Index.load(copy_of, model_path=other)
 
@@ -175,7 +182,7 @@ def test_a_different_code_dimension_is_refused(copy_of, tmp_path):
     from imgsearch.model import fingerprint
     meta["model"]["fingerprint"] = fingerprint(copy_of / "model.pt")
     (copy_of / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(IndexLoadError, match="32-d codes but the index holds 16-d"):
+    with pytest.raises(IndexLoadError, match="32-d codes but the index holds 64-d"):
         Index.load(copy_of)
 
 

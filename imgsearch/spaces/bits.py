@@ -1,0 +1,108 @@
+"""Bits space: semantic hashing. The auto-encoder's code made binary, 256 bits (32 bytes) per
+image by default, searched by exact Hamming distance.
+
+Binarising: the codes are projected on their top principal directions (as many as bits), then
+rotated by ITQ (Gong & Lazebnik 2011): the rotation that makes sign() lose the least, learned
+on the collection's codes. A plain sign of the centred code keeps less (docs/quality.md).
+Search: XOR with the query and count the set bits, 64 at a time (numpy's bitwise_count).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import layout
+from ..knn import topk_ties_by_id
+from ..pca import fit_pca
+from .base import BuildInput, LoadInput, Query, Space, SpaceError, check_rows, load_npz
+
+BITS = 256  # Krizhevsky & Hinton's semantic hashing length for 32x32 images: 32 bytes per image
+WIDTHS = (64, 128, 256)  # whole uint64 words
+ITQ_ITERATIONS = 50  # Gong & Lazebnik: the quantisation loss has levelled off by then
+ITQ_FIT_ROWS = 20_000  # a sample learns the same rotation; the full collection costs 2.5x longer
+METHODS = ("itq", "sign")
+
+
+def fit_binariser(codes: np.ndarray, bits: int = BITS, *, method: str = "itq", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, projection (D, bits)): bits of a code = (code - mean) @ projection > 0."""
+    assert method in METHODS, f"method must be one of {METHODS}"
+    codes = np.asarray(codes, dtype=np.float32)
+    if method == "sign":
+        assert bits == codes.shape[1], "the plain sign keeps one bit per code dimension"
+        return codes.mean(0), np.eye(bits, dtype=np.float32)
+    assert bits <= codes.shape[1], f"{bits} bits need a code of at least {bits} dimensions"
+    pca = fit_pca(codes, bits, max_rows=ITQ_FIT_ROWS, seed=seed)
+    v = pca.project(codes[np.random.default_rng(seed).permutation(len(codes))[:ITQ_FIT_ROWS]])
+    rng = np.random.default_rng(seed)
+    rotation, _ = np.linalg.qr(rng.standard_normal((bits, bits)))
+    for _ in range(ITQ_ITERATIONS):
+        b = np.where(v @ rotation >= 0, 1.0, -1.0)
+        u, _, wt = np.linalg.svd(v.T @ b)  # orthogonal Procrustes: the rotation closest to the current bits
+        rotation = u @ wt
+    return pca.mean, (pca.components @ rotation).astype(np.float32)
+
+
+def binarise(codes: np.ndarray, mean: np.ndarray, projection: np.ndarray) -> np.ndarray:
+    """(N, D) codes -> (N, bits / 64) uint64 words, bit j = projection j is positive."""
+    bits = (np.atleast_2d(codes) - mean) @ projection > 0
+    return np.packbits(bits, axis=1).view(np.uint64)
+
+
+def hamming(words: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """(N, W) and (W,) uint64 -> (N,) Hamming distances."""
+    counts = np.bitwise_count(words ^ query)  # (N, W) uint8
+    return counts.sum(1, dtype=np.int32) if counts.shape[1] > 1 else counts[:, 0].astype(np.int32)
+
+
+class BitsSpace(Space):
+    name = "bits"
+    title = "Bits space"
+    metric = "hamming"
+    unit = "bits"
+    distance_format = "{:.0f}"
+
+    def __init__(self, words: np.ndarray, mean: np.ndarray, projection: np.ndarray):
+        self.words, self.mean, self.projection = words, mean, projection
+
+    @classmethod
+    def build(cls, data: BuildInput, directory: Path, *, bits: int | None = None, method: str = "itq") -> dict:
+        if bits is None:  # BITS, or as many whole words as a shorter code fills
+            bits = max([w for w in WIDTHS if w <= min(BITS, data.codes.shape[1])], default=WIDTHS[0])
+        if bits not in WIDTHS:
+            raise SpaceError(f"--bits must be one of {', '.join(map(str, WIDTHS))}, not {bits}")
+        if bits > data.codes.shape[1]:
+            raise SpaceError(f"{bits} bits need a code of at least {bits} dimensions; the model's has "
+                             f"{data.codes.shape[1]}")
+        mean, projection = fit_binariser(data.codes, bits, method=method, seed=data.seed)
+        words = binarise(data.codes, mean, projection)
+        np.savez(directory / layout.BITS, words=words, mean=mean, projection=projection)
+        return {"metric": cls.metric, "bits": bits, "bytes_per_item": bits // 8, "files": [layout.BITS],
+                "settings": {"method": method, "itq_iterations": ITQ_ITERATIONS if method == "itq" else 0}}
+
+    @classmethod
+    def load(cls, data: LoadInput, section: dict) -> "BitsSpace":
+        a = load_npz(data, layout.BITS, ("words", "mean", "projection"))
+        check_rows(layout.BITS, a["words"], data.items)
+        if a["words"].dtype != np.uint64 or a["projection"].shape != (data.codes.shape[1], 64 * a["words"].shape[1]):
+            raise SpaceError(f"{layout.BITS} does not fit {data.codes.shape[1]}-d codes")
+        return cls(a["words"], a["mean"], a["projection"])
+
+    @property
+    def bits(self) -> int:
+        return 64 * self.words.shape[1]
+
+    @property
+    def description(self) -> str:
+        return f"semantic hashing: the code as {self.bits} bits ({self.bits // 8} bytes), exact Hamming distance"
+
+    def embed(self, query: Query) -> np.ndarray:
+        return binarise(query.code, self.mean, self.projection)[0]
+
+    def embed_many(self, pixels: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        return binarise(codes, self.mean, self.projection)
+
+    def search(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        d = hamming(self.words, vector)
+        ids = topk_ties_by_id(d, k)
+        return ids, d[ids].astype(np.float32)

@@ -1,0 +1,60 @@
+"""PCA space: the linear auto-encoder, the fair baseline for what depth buys.
+
+256 principal components of the collection's pixels (the code's length), fitted at build time;
+exact Euclidean distance between projections, in the same [0, 1] pixel units as pixel space.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import layout
+from ..knn import BruteForce
+from ..pca import PCA
+from .base import PCA_FIT_ROWS, BuildInput, LoadInput, Query, Space, SpaceError, check_rows, load_npz
+
+
+class PcaSpace(Space):
+    name = "pca"
+    title = "PCA space"
+    description = "PCA, the linear auto-encoder: the pixels' 256 principal components, exact Euclidean"
+    metric = "euclidean on the projection onto 256 principal components, pixels scaled to [0, 1]"
+
+    def __init__(self, pca: PCA, projected: np.ndarray):
+        self.pca = pca
+        self.projected = projected  # (N, n) float32, in [0, 1] pixel units
+        self.knn = BruteForce(projected)
+
+    @classmethod
+    def build(cls, data: BuildInput, directory: Path) -> dict:
+        pca = data.pixel_pca
+        projected = pca.project(data.pixels) / 255.0
+        np.savez(directory / layout.PCA, projected=projected, **pca.arrays())
+        return {"metric": cls.metric, "dims": pca.n_components, "files": [layout.PCA],
+                "settings": {"fit_rows": min(len(data.pixels), PCA_FIT_ROWS),
+                             "explained_variance": round(float(pca.variance.sum() / pca.total_variance), 4)}}
+
+    @classmethod
+    def load(cls, data: LoadInput, section: dict) -> "PcaSpace":
+        a = load_npz(data, layout.PCA, ("mean", "components", "variance", "total_variance", "projected"))
+        check_rows(layout.PCA, a["projected"], data.items)
+        pca = PCA(a["mean"], a["components"], a["variance"], float(a["total_variance"]))
+        if pca.components.shape[0] != data.pixels[0].size or a["projected"].shape[1] != pca.n_components:
+            raise SpaceError(f"{layout.PCA} does not fit images of {data.pixels[0].size} values")
+        return cls(pca, a["projected"])
+
+    def embed(self, query: Query) -> np.ndarray:
+        return self.pca.project(query.pixels[None])[0] / 255.0
+
+    def embed_many(self, pixels: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        return self.pca.project(pixels) / 255.0
+
+    def search(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        ids, dists = self.knn.search(vector[None], k)
+        return ids[0], dists[0]
+
+    def reconstruct(self, pixels: np.ndarray) -> np.ndarray:
+        """What 256 principal components keep of a (32, 32, 3) image, as uint8 pixels."""
+        y = self.pca.project(pixels[None])
+        return np.clip(self.pca.reconstruct(y)[0], 0, 255).round().astype(np.uint8).reshape(pixels.shape)
