@@ -1,0 +1,237 @@
+"""Each space on tiny hand-checkable data, the registry, and exactness against brute force."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgsearch import layout
+from imgsearch.index import IndexLoadError, build_index, read_meta, resolve
+from imgsearch.knn import BruteForce, topk_ties_by_id
+from imgsearch.pca import fit_pca
+from imgsearch.search import Index
+from imgsearch.spaces import SPACES, BuildInput, LoadInput, Query, Space, register_space
+from imgsearch.spaces.bits import binarise, fit_binariser, hamming
+from imgsearch.spaces.pixel import PixelSpace, squared_distances
+
+
+# ---- building blocks -----------------------------------------------------------------------
+
+def test_hamming_counts_the_differing_bits():
+    words = np.array([[0b0000], [0b1011], [2**64 - 1], [0b0001]], dtype=np.uint64)
+    assert hamming(words, np.uint64(0)).tolist() == [0, 3, 64, 1]
+    two_words = np.array([[1, 3], [0, 0]], dtype=np.uint64)
+    assert hamming(two_words, np.array([0, 0], dtype=np.uint64)).tolist() == [3, 0]
+
+
+def test_ties_are_broken_by_the_smaller_id():
+    d = np.array([5, 1, 3, 1, 3, 0, 3])
+    assert topk_ties_by_id(d, 1).tolist() == [5]
+    assert topk_ties_by_id(d, 3).tolist() == [5, 1, 3]
+    assert topk_ties_by_id(d, 5).tolist() == [5, 1, 3, 2, 4]  # the three 3s: ids 2, 4, 6 -> 2 and 4
+    assert topk_ties_by_id(d, 99).tolist() == [5, 1, 3, 2, 4, 6, 0]
+
+
+def test_brute_force_on_points_you_can_check():
+    db = np.array([[0, 0], [3, 4], [1, 0], [0, 2]], dtype=np.float32)
+    ids, dists = BruteForce(db).search(np.array([[0, 0]]), 3)
+    assert ids.tolist() == [[0, 2, 3]] and np.allclose(dists, [[0, 1, 2]])
+    ids, dists = BruteForce(db, "angular").search(np.array([[1, 0]]), 2)
+    assert ids[0, 0] == 2 and np.isclose(dists[0, 0], 0, atol=1e-3)  # same direction: angular distance 0
+    assert np.isclose(dists[0, 1], np.sqrt(2 - 2 * 0.6), atol=1e-3)  # (3, 4) at cos 0.6: sqrt(2 - 2 cos)
+
+
+@pytest.mark.parametrize("d, n", [(12, 5), (400, 6)])  # the full eigh path, and the randomized one
+def test_pca_matches_an_svd(d, n):
+    rng = np.random.default_rng(0)
+    scales = np.geomspace(50, 0.5, d)
+    x = (rng.standard_normal((600, d)) * scales) @ np.linalg.qr(rng.standard_normal((d, d)))[0] + 7
+    pca = fit_pca(x, n)
+    centred = x - x.mean(0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    assert np.allclose(pca.mean, x.mean(0), atol=1e-3)
+    assert np.allclose(pca.variance, s[:n] ** 2 / len(x), rtol=1e-3)
+    # components match up to sign
+    assert np.allclose(np.abs(np.sum(pca.components * vt[:n].T, axis=0)), 1, atol=1e-3)
+    assert np.isclose(pca.total_variance, (s ** 2).sum() / len(x), rtol=1e-4)
+    y = pca.project(x)
+    assert np.allclose(y.mean(0), 0, atol=1e-2) and y.shape == (600, n)
+
+
+def test_itq_bits_are_deterministic_and_keep_more_than_a_random_rotation():
+    rng = np.random.default_rng(1)
+    codes = (rng.standard_normal((2000, 64)) * np.linspace(3, 0.1, 64)).astype(np.float32)
+    mean, proj = fit_binariser(codes, 64, seed=0)
+    again = fit_binariser(codes, 64, seed=0)
+    assert np.array_equal(proj, again[1])
+    words = binarise(codes, mean, proj)
+    assert words.shape == (2000, 1) and words.dtype == np.uint64
+    # ITQ's aim: the sign of the rotated code is close to the rotated code itself
+    v = (codes - mean) @ proj
+    loss_itq = np.square(np.sign(v) - v / np.abs(v).mean()).mean()
+    rot = np.linalg.qr(rng.standard_normal((64, 64)))[0]
+    w = (codes - mean) @ fit_pca(codes, 64).components @ rot
+    loss_random = np.square(np.sign(w) - w / np.abs(w).mean()).mean()
+    assert loss_itq < loss_random
+
+
+# ---- exactness of the pixel search ----------------------------------------------------------
+
+def brute_force_pixels(pixels, q, k):
+    flat = pixels.reshape(len(pixels), -1)
+    d2 = squared_distances(flat, np.arange(len(flat)), q.reshape(-1))
+    ids = topk_ties_by_id(d2, k)
+    return ids, np.sqrt(d2[ids]) / 255
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pixel_search_is_exact_with_ties(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    noisy = np.clip(base[rng.integers(0, 40, 300)].astype(int) + rng.integers(-20, 21, (300, 32, 32, 3)), 0, 255)
+    pixels = np.concatenate([base, noisy.astype(np.uint8), base[:10], base[:10]])  # exact duplicates: ties
+    data = BuildInput(pixels, np.zeros((len(pixels), 4), np.float32), seed=seed)
+    PixelSpace.build(data, tmp_path)
+    space = PixelSpace.load(LoadInput(tmp_path, len(pixels), pixels, data.codes), {})
+    for q in list(base[:10]) + list(rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)):
+        for k in (1, 5, 12):
+            ids, dists = space.search(q, k)
+            want_ids, want_dists = brute_force_pixels(pixels, q, k)
+            assert ids.tolist() == want_ids.tolist()
+            assert np.allclose(dists, want_dists)
+
+
+# ---- the four spaces in an index -------------------------------------------------------------
+
+def test_every_space_finds_an_item_itself_at_distance_zero(index_dir, collection):
+    index = Index.load(index_dir)
+    assert list(index.spaces) == ["pixel", "pca", "code", "bits"]
+    res = index.search(17, k=3, spaces=list(index.spaces), exclude_self=False)
+    for name, hits in res.hits.items():
+        assert hits[0].distance == pytest.approx(0, abs=1e-3), name
+        assert hits[0].label == collection.label_name(17)
+    assert index.spaces["bits"].format_distance(res.hits["bits"][1].distance).endswith(" bits")
+
+
+def test_bits_distances_are_whole_bits_and_match_a_recount(index_dir):
+    index = Index.load(index_dir)
+    bits = index.spaces["bits"]
+    res = index.search(4, k=8, spaces=["bits"])
+    words = bits.embed(Query(index.pixels[4], index.encode))
+    for h in res.hits["bits"]:
+        recount = sum(bin(int(a) ^ int(b)).count("1") for a, b in zip(bits.words[h.id], words))
+        assert h.distance == recount
+    assert [h.distance for h in res.hits["bits"]] == sorted(h.distance for h in res.hits["bits"])
+
+
+def test_pca_space_agrees_with_brute_force_on_its_projection(index_dir):
+    index = Index.load(index_dir)
+    pca = index.spaces["pca"]
+    q = index.pixels[33]
+    ids, dists = pca.search(pca.embed(Query(q, index.encode)), 5)
+    d = np.linalg.norm(pca.projected - pca.embed(Query(q, index.encode)), axis=1)
+    assert ids.tolist() == np.argsort(d, kind="stable")[:5].tolist()
+    rebuilt = pca.reconstruct(q)
+    assert rebuilt.shape == (32, 32, 3) and rebuilt.dtype == np.uint8
+    # 60 images span at most 60 dimensions: 256 components rebuild them almost exactly
+    assert np.abs(rebuilt.astype(int) - q).mean() < 2
+
+
+def test_bits_width_is_chosen_at_build_time(tmp_path, collection, checkpoint):
+    build_index(collection, checkpoint, tmp_path / "i", bits=128, maps=False, progress=False)
+    meta = read_meta(tmp_path / "i")
+    assert "bits" not in meta["spaces"]  # the tiny model's 64-d code cannot make 128 bits
+    assert "has 64" in meta["spaces_skipped"]["bits"]
+    build_index(collection, checkpoint, tmp_path / "j", spaces=["pixel", "bits"], bits=64, maps=False, progress=False)
+    index = Index.load(tmp_path / "j")
+    assert list(index.spaces) == ["pixel", "bits"] and index.spaces["bits"].words.shape == (60, 1)
+    with pytest.raises(ValueError, match="no 'code' space"):
+        index.search(0, spaces=["code"])
+
+
+def test_a_version_one_index_is_refused_with_how_to_rebuild(index_dir, tmp_path):
+    copy = tmp_path / "old"
+    shutil.copytree(resolve(index_dir), copy)
+    meta = json.loads((copy / layout.META).read_text())
+    meta["format"] = "imgsearch-index-v1"
+    (copy / layout.META).write_text(json.dumps(meta))
+    with pytest.raises(IndexLoadError, match="older imgsearch.*rebuild it with `imgsearch build-index`"):
+        Index.load(copy)
+
+
+@pytest.mark.parametrize("name", ["pixel_bound.npz", "pca.npz", "bits.npz"])
+def test_a_damaged_space_file_is_one_sentence(index_dir, tmp_path, name):
+    copy = tmp_path / "copy"
+    shutil.copytree(resolve(index_dir), copy)
+    (copy / name).write_bytes(b"garbage")
+    with pytest.raises(IndexLoadError, match=f"{name} is missing or corrupt.*rebuild it"):
+        Index.load(copy)
+
+
+# ---- the registry --------------------------------------------------------------------------
+
+class BrightnessSpace(Space):
+    """A toy fifth space: mean brightness, one number per image."""
+    name = "brightness"
+    title = "Brightness space"
+    description = "mean brightness, a toy"
+    metric = "absolute difference of mean brightness"
+
+    def __init__(self, values):
+        self.values = values
+
+    @classmethod
+    def build(cls, data, directory: Path) -> dict:
+        np.save(directory / "brightness.npy", data.pixels.reshape(len(data.pixels), -1).mean(1))
+        return {"metric": cls.metric, "dims": 1, "files": ["brightness.npy"], "settings": {}}
+
+    @classmethod
+    def load(cls, data, section):
+        return cls(np.load(data.directory / "brightness.npy"))
+
+    def embed(self, query):
+        return query.pixels.mean()
+
+    def embed_many(self, pixels, codes):
+        return pixels.reshape(len(pixels), -1).mean(1)
+
+    def search(self, vector, k):
+        d = np.abs(self.values - vector)
+        ids = topk_ties_by_id(d, k)
+        return ids, d[ids]
+
+
+@pytest.fixture
+def toy_space():
+    register_space(BrightnessSpace)
+    yield BrightnessSpace
+    del SPACES["brightness"]
+
+
+def test_a_registered_space_shows_up_in_build_search_cli_and_app(toy_space, tmp_path, collection, checkpoint,
+                                                                  capsys, monkeypatch):
+    out = tmp_path / "idx"
+    build_index(collection, checkpoint, out, maps=False, progress=False)
+    index = Index.load(out)
+    assert "brightness" in index.spaces and index.meta["spaces"]["brightness"]["files"] == ["brightness.npy"]
+    res = index.search(7, k=4, spaces=["brightness", "pixel"])
+    assert list(res.hits) == ["brightness", "pixel"] and len(res.hits["brightness"]) == 4
+
+    from imgsearch.cli import main
+    query = tmp_path / "q.png"
+    from PIL import Image
+    Image.fromarray(index.pixels[7]).save(query)
+    assert main(["search", str(query), "--index", str(out), "--spaces", "brightness,bits", "--json", "-k", "3"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert list(printed) == ["brightness", "bits"] and len(printed["brightness"]) == 3
+
+    from streamlit.testing.v1 import AppTest
+    monkeypatch.setenv("IMGSEARCH_INDEX", str(out))
+    app = AppTest.from_file(str(Path(__file__).parent.parent / "app.py"), default_timeout=60).run()
+    assert "brightness" in app.multiselect(key="spaces").options or "Brightness space" in app.multiselect(key="spaces").options
+    app.multiselect(key="spaces").set_value(["pixel", "brightness", "bits"]).run()
+    app.number_input(key="item_number").set_value(7).run()
+    assert not app.exception
+    heads = [h.value for h in app.subheader]
+    assert [h.split(":")[0] for h in heads] == ["Pixel space", "Brightness space", "Bits space"]
