@@ -194,7 +194,7 @@ def _train(collection, out_path: Path, model_args: ModelArgs, args: TrainArgs, p
     bar = tqdm(total=total * steps, initial=len(run["history"]) * steps, desc="training", unit="step",
                disable=not progress)
     for epoch in range(len(run["history"]), total):
-        started = time.time()
+        started, cpu_started = time.time(), time.process_time()
         if epoch < args.epochs:
             means = _joint_epoch(model, opt, sched, collection, args, steps, g, rng, device, bar)
         else:
@@ -202,6 +202,8 @@ def _train(collection, out_path: Path, model_args: ModelArgs, args: TrainArgs, p
         if epoch == args.epochs - 1 and test is not None:
             run["test_mse_before_decoder_tuning"] = reconstruction_mse(model, test.pixels)
         means["seconds"] = round(time.time() - started, 1)
+        # wall-clock counts time the run waited for shared cores (or was paused); CPU time does not
+        means["cpu_seconds"] = round(time.process_time() - cpu_started, 1)
         run["history"].append(means)
         run["seconds"] += means["seconds"]
         _save_state(state_file, what, parts, g, rng, run)
@@ -210,13 +212,14 @@ def _train(collection, out_path: Path, model_args: ModelArgs, args: TrainArgs, p
     model.eval()
     joint = [h for h in run["history"] if h["stage"] == "joint"]
     decoder = [h for h in run["history"] if h["stage"] == "decoder"]
-    losses = {"final_train": {k: v for k, v in joint[-1].items() if k not in ("stage", "seconds")}, "decoder_tuning_mse": decoder[-1]["mse"] if decoder else None,
+    losses = {"final_train": {k: v for k, v in joint[-1].items() if k not in ("stage", "seconds", "cpu_seconds")}, "decoder_tuning_mse": decoder[-1]["mse"] if decoder else None,
               "history": run["history"], "train_minutes": round(run["seconds"] / 60, 2)}
     if test is not None:
         losses["test_mse"] = reconstruction_mse(model, test.pixels)
         losses["test_mse_before_decoder_tuning"] = run["test_mse_before_decoder_tuning"]
     trained_on = {"collection": collection.spec, "items": len(collection), "classes": collection.classes}
     training = {"seconds": round(run["seconds"], 1), "epoch_seconds": [h["seconds"] for h in run["history"]],
+                "epoch_cpu_seconds": [h["cpu_seconds"] for h in run["history"]],
                 "sessions": run["sessions"], "preset": preset_name, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     fp = save_checkpoint(model.cpu(), out_path, trained_on=trained_on, losses=losses,
                          train_args={**asdict(args), "torch": str(torch.__version__), "preset": preset_name},
