@@ -23,7 +23,7 @@ from .data import Collection
 from .images import to_pixels
 from .index import METRIC, build_annoy, build_index
 from .knn import BruteForce, topk_ties_by_id
-from .spaces.bits import binarise, fit_binariser, hamming
+from .spaces.bits import binarise, fit_binariser, hamming, word_major
 from .spaces.pixel import squared_distances
 from .projection import collection_maps
 from .model import encode_pixels, load_checkpoint, pixels_to_tensor
@@ -185,7 +185,7 @@ def run_benchmark(collection: Collection, model_path, *, queries: int = 1000, sc
     # bits at scale: exact Hamming search; its recall is against the float codes' exact top-10,
     # so it measures what binarising loses (the Hamming search itself is exact)
     mean, projection = fit_binariser(codes, min(256, codes.shape[1] // 64 * 64), seed=0)
-    words, fresh_words = binarise(codes, mean, projection), binarise(fresh, mean, projection)
+    words, fresh_words = word_major(binarise(codes, mean, projection)), binarise(fresh, mean, projection)
     bits_found, bits_times = timed(lambda w: topk_ties_by_id(hamming(words, w), 10), fresh_words)
     del words
     good = [r for r in rows if r["recall_at_10"] >= 0.95]

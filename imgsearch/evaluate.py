@@ -18,7 +18,7 @@ from .knn import BruteForce, topk_ties_by_id
 from .model import encode_pixels
 from .report import new_figure, save_figure
 from .spaces.base import PCA_FIT_ROWS, BuildInput
-from .spaces.bits import WIDTHS, binarise, fit_binariser, hamming
+from .spaces.bits import WIDTHS, binarise, fit_binariser, hamming, word_major
 from .spaces.code import METRIC, N_TREES, SEARCH_K, SEED, build_annoy
 from .train import reconstruction_mse
 
@@ -87,7 +87,7 @@ def hamming_knn(db_codes: np.ndarray, query_codes: np.ndarray, k: int, bits: int
                 seed: int = SEED) -> np.ndarray:
     """Top-k ids by exact Hamming distance between binary codes made as the bits space makes them."""
     mean, projection = fit_binariser(db_codes, bits, method=method, seed=seed)
-    db, q = binarise(db_codes, mean, projection), binarise(query_codes, mean, projection)
+    db, q = word_major(binarise(db_codes, mean, projection)), binarise(query_codes, mean, projection)
     return np.stack([topk_ties_by_id(hamming(db, w), k) for w in tqdm(q, desc=f"bits {bits} ({method})", mininterval=1.0)])
 
 
