@@ -56,6 +56,14 @@ class ExactCodeSearch:
         return self.knn.search(code[None], k)[0][0]
 
 
+def blas_description() -> str:
+    """Which BLAS kernel numpy runs here: figures measured under different kernels are compared by it."""
+    from threadpoolctl import threadpool_info
+
+    return ", ".join(f"{i.get('internal_api')} {i.get('architecture')} x{i.get('num_threads')}"
+                     for i in threadpool_info() if i.get("user_api") == "blas")
+
+
 def recall_at(found: list, truth: list, k: int = 10) -> float:
     return float(np.mean([len(set(f[:k]) & set(t[:k])) / k for f, t in zip(found, truth)]))
 
@@ -104,7 +112,9 @@ def run_benchmark(collection: Collection, model_path, *, queries: int = 1000, sc
                   scale_queries: int = 200, sweep_queries: int = 300, sweep_trees=(10, 20, 40),
                   sweep_search_ks=(1000, 2000, 4000, 8000, 10000, 16000), scale_trees: int = 32,
                   scale_search_ks=(5000, 10000, 20000, 40000), work_dir: Path | None = None,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, scale: bool = True) -> dict:
+    """Every figure of docs/speed.md; `scale=False` stops after the 50,000-item queries (a quick second
+    run, e.g. under another BLAS kernel, to check that the query figures do not depend on it)."""
     rng = np.random.default_rng(0)
     work = Path(work_dir or tempfile.mkdtemp(prefix="imgsearch-bench-"))
     model, info = load_checkpoint(model_path)
@@ -162,6 +172,9 @@ def run_benchmark(collection: Collection, model_path, *, queries: int = 1000, sc
     report["pixel_over_code_speedup"] = round(report["pixel_p50_ms"] / report["code_p50_ms"], 1)
     report["rss_mb"] = rss_of_loaded_index(work / "index")
 
+    report["blas"] = blas_description()
+    if not scale:
+        return report
     sq = code_q[:sweep_queries]
     report["sweep"] = sweep(index.codes, sq, truth[:sweep_queries], sweep_trees, sweep_search_ks)
 
@@ -213,7 +226,6 @@ def run_benchmark(collection: Collection, model_path, *, queries: int = 1000, sc
 
 def print_report(r: dict) -> None:
     """The benchmark's figures as a short table on stdout."""
-    s = r["scale"]
     print(f"\n{r['items']:,} images from {r['collection']}, model {r['model']}, {r['threads']} torch threads")
     print(f"encoding                  {r['encode_images_per_s']:>10,.0f} images/s; one upload "
           f"p50 {r['upload_encode_p50_ms']:.1f} ms")
@@ -225,6 +237,10 @@ def print_report(r: dict) -> None:
         print(f"{name:<25} {r[key + '_p50_ms']:>10.2f} {r[key + '_p95_ms']:>8.2f}")
     print(f"Annoy recall@10 vs exact  {r['code_recall_at_10']:>10.3f}; pixel/code speed ratio "
           f"{r['pixel_over_code_speedup']:.0f}x")
+    print(f"numpy BLAS: {r['blas']}")
+    if "scale" not in r:
+        return
+    s = r["scale"]
     print(f"scale: {s['items']:,} codes  build {s['build_seconds']:.0f} s ({s['n_trees']} trees), "
           f"{s['index_mb']:.0f} MB (mmap); search_k {s['search_k']}: Annoy p50 {s['annoy_p50_ms']:.2f} ms vs exact "
           f"{s['exact_p50_ms']:.1f} ms ({s['speedup']:.0f}x), recall@10 {s['recall_at_10']:.3f}; "

@@ -204,6 +204,8 @@ def benchmark_arguments(p: argparse.ArgumentParser):
     p.add_argument("--queries", type=int, default=1000, help="single queries timed per space (default: 1000)")
     p.add_argument("--scale-items", type=int, default=1_000_000, help="codes in the scale run (default: 1,000,000)")
     p.add_argument("--quick", action="store_true", help="small everything: checks the figures, not the speed")
+    p.add_argument("--no-scale", action="store_true",
+                   help="stop after the 50,000-item queries (no Annoy sweep, no million-code run)")
     p.add_argument("--work-dir", help="where the benchmark's indexes are written (default: a temporary folder)")
     p.add_argument("--json", help="write the report to this JSON file")
     p.add_argument("--plot", help="write the recall-vs-latency plot to this PNG")
@@ -223,7 +225,8 @@ def benchmark_arguments(p: argparse.ArgumentParser):
                       scale_trees=4, scale_search_ks=(100, 1000))
         else:
             kw = dict(queries=a.queries, scale_items=a.scale_items)
-        report = run_benchmark(collection, a.model, work_dir=Path(a.work_dir) if a.work_dir else None, **kw)
+        report = run_benchmark(collection, a.model, work_dir=Path(a.work_dir) if a.work_dir else None,
+                               scale=not a.no_scale, **kw)
         print_report(report)
         write_outputs(report, a.json, a.plot, plot_sweep)
         return 0

@@ -15,15 +15,28 @@ def test_quick_benchmark_produces_every_figure(tmp_path, checkpoint):
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     rep = json.loads(out.read_text())
-    for key in ("pixel_p50_ms", "code_p50_ms", "exact_code_p50_ms", "build_seconds", "encode_images_per_s",
-                "upload_encode_p50_ms", "index_mb", "rss_mb"):
+    for key in ("pixel_p50_ms", "pca_p50_ms", "code_p50_ms", "exact_code_p50_ms", "bits_p50_ms", "build_seconds",
+                "encode_images_per_s", "upload_encode_p50_ms", "index_mb", "rss_mb"):
         assert rep[key] > 0, key
     assert rep["pixel_p95_ms"] >= rep["pixel_p50_ms"]
     assert 0.5 <= rep["code_recall_at_10"] <= 1.0
     s = rep["scale"]
     assert s["items"] == 5000 and s["build_seconds"] > 0 and s["annoy_p50_ms"] > 0 and s["exact_p50_ms"] > 0
     assert 0 < s["recall_at_10"] <= 1.0 and s["memory_mapped"] and len(s["sweep"]) == 2
-    assert 0 <= rep["pixel_exact_agreement"] <= 1 and rep["map_seconds"] > 0
+    assert rep["pixel_exact_agreement"] == 1.0 and rep["map_seconds"] > 0  # the pruned search is exact
+    assert s["bits_p50_ms"] > 0 and 0 < s["bits_recall_at_10"] <= 1 and 0 < rep["bits_recall_at_10"] <= 1
+    assert "openblas" in rep["blas"]  # numpy's wheels bundle OpenBLAS: the report names its kernel
     assert len(rep["sweep"]) == 4 and all(0 <= row["recall_at_10"] <= 1 for row in rep["sweep"])
     assert (tmp_path / "sweep.png").stat().st_size > 1000
     assert "scale: 5,000 codes" in r.stdout
+
+
+def test_benchmark_without_the_scale_run_stops_after_the_queries(tmp_path, checkpoint):
+    data = write_collection(tmp_path / "data", per_class=30)
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "scripts/benchmark.py", "--data", str(data), "--model", str(checkpoint),
+                        "--quick", "--no-scale", "--json", str(out), "--work-dir", str(tmp_path / "work")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(out.read_text())
+    assert "scale" not in rep and "sweep" not in rep and rep["pixel_p50_ms"] > 0 and rep["bits_p50_ms"] > 0

@@ -53,9 +53,13 @@ def test_evaluate_script_end_to_end(tmp_path, checkpoint):
     assert r.returncode == 0, r.stderr
     assert "codes, as served" in r.stdout and "reconstruction MSE" in r.stdout
     report = json.loads(out.read_text())
-    for key in ("pixels", "pca", "codes_exact", "codes_served"):
+    for key in ("pixels", "pca", "codes_exact", "codes_served", "bits_64"):
         assert set(report[key]) == {"P@1", "P@10", "P@100", "mAP@1000"}
         assert all(0 <= v <= 1 for v in report[key].values())
+    assert "bits_128" not in report  # the tiny model's 64-d code makes at most 64 bits
+    assert report["bytes_per_item"] == {"pixels": 3072, "pca": 1024, "codes_exact": 256, "codes_served": 256,
+                                        "bits_64": 8}
+    assert "64 bits (Hamming)" in r.stdout
     assert report["pixels"]["P@1"] == 1.0  # the generated classes are separable by colour
     assert 0 < report["reconstruction_mse"] < 1 and report["settings"]["query_items"] == 9
     assert (tmp_path / "p.png").stat().st_size > 1000

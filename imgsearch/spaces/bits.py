@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .. import layout
 from ..knn import topk_ties_by_id
@@ -37,10 +38,13 @@ def fit_binariser(codes: np.ndarray, bits: int = BITS, *, method: str = "itq", s
     v = pca.project(codes[np.random.default_rng(seed).permutation(len(codes))[:ITQ_FIT_ROWS]])
     rng = np.random.default_rng(seed)
     rotation = np.linalg.qr(rng.standard_normal((bits, bits)))[0].astype(np.float32)
-    for _ in range(ITQ_ITERATIONS):  # float32 throughout: a float64 rotation would copy v on every product
-        b = np.where(v @ rotation >= 0, np.float32(1), np.float32(-1))
-        u, _, wt = np.linalg.svd(v.T @ b)  # orthogonal Procrustes: the rotation closest to the current bits
-        rotation = (u @ wt).astype(np.float32)
+    # One BLAS thread: these products are small, and OpenBLAS's spinning threads made the loop
+    # 30x slower (98 s instead of 3 s) while a training run shared the two cores.
+    with threadpool_limits(1, user_api="blas"):
+        for _ in range(ITQ_ITERATIONS):  # float32 throughout: a float64 rotation would copy v on every product
+            b = np.where(v @ rotation >= 0, np.float32(1), np.float32(-1))
+            u, _, wt = np.linalg.svd(v.T @ b)  # orthogonal Procrustes: the rotation closest to the current bits
+            rotation = (u @ wt).astype(np.float32)
     return pca.mean, (pca.components @ rotation).astype(np.float32)
 
 
