@@ -283,3 +283,7 @@ def script(name: str, argv=None) -> int:
     """`python scripts/NAME.py ...`: the one subcommand, with the script's name in its usage line."""
     p, run = _parser(name, prog=f"scripts/{name.replace('-', '_')}.py")
     return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
