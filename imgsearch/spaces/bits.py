@@ -22,7 +22,7 @@ from .base import BuildInput, LoadInput, Query, Space, SpaceError, load_npz
 BITS = 256  # Krizhevsky & Hinton's semantic hashing length for 32x32 images: 32 bytes per image
 WIDTHS = (64, 128, 256)  # whole uint64 words
 ITQ_ITERATIONS = 50  # Gong & Lazebnik: the quantisation loss has levelled off by then
-ITQ_FIT_ROWS = 10_000  # a sample learns the rotation as well as the whole collection (docs/quality.md), in a few seconds
+ITQ_FIT_ROWS = 10_000  # fitting on all 50,000 CIFAR-10 codes gained 0.005 mAP@1000 for 5x the time (docs/quality.md)
 METHODS = ("itq", "sign")
 
 
