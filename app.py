@@ -3,26 +3,38 @@
     streamlit run app.py          (IMGSEARCH_INDEX=DIR opens another index; default data/index)
 
 Only widgets and pictures live here; everything computed comes from the imgsearch package.
+Visitors are not trusted (README, "Security"): they see sentences, collection names and relative
+paths, never the server's folders, and can build an index only when the operator starts the
+server with IMGSEARCH_BUILD_ROOT=DIR, and then only from folders inside DIR.
 """
 import os
+import re
+import sys
 import time
+from pathlib import Path
 
 import altair as alt
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from imgsearch.data import OFFLINE_HINT, CollectionError
+from imgsearch.data import CollectionError
 from imgsearch.evaluate import REPRESENTATIONS
 from imgsearch.explore import map_highlights, map_points
 from imgsearch.images import ImageError, upscale
-from imgsearch.index import DEFAULT_CHECKPOINT, DEFAULT_INDEX, IndexLoadError, build_index, read_meta, resolve
+from imgsearch.index import (DEFAULT_CHECKPOINT, DEFAULT_INDEX, BuildBusyError, IndexLoadError, build_index, read_meta,
+                             resolve)
 from imgsearch.model import CheckpointError
-from imgsearch.quality import disagreements, load_evaluation
+from imgsearch.quality import ReportError, disagreements, load_evaluation
 from imgsearch.search import Index
 from imgsearch.spaces import DEFAULT_SPACES
 
 INDEX_DIR = os.environ.get("IMGSEARCH_INDEX", str(DEFAULT_INDEX))
+BUILD_ROOT = os.environ.get("IMGSEARCH_BUILD_ROOT") or None  # unset: the page cannot build
+# Session keys that hold item ids, classes or space names of one build: cleared when the index is swapped.
+INDEX_STATE = ("query", "item_number", "pick_class", "spaces", "map_code", "map_pixel", "quality_class",
+               "quality_first", "quality_second")
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~/-])/[^\s`'\"()\[\]{},;]*")
 MATCH = (34, 160, 70)  # frame colour of a result that shares the query's class
 VIEWS = ("Search", "Map", "Quality")
 MAX_COLUMNS = 4  # spaces side by side; more would shrink each grid below a readable size
@@ -39,18 +51,73 @@ def class_disagreements(build_dir: str, label: str, first: str, second: str):
     return disagreements(load_index(build_dir), label, first=first, second=second)
 
 
+def shown_path(path: str) -> str:
+    """A server path as a visitor may see it: relative to the build root or the working directory, else its name."""
+    p = Path(os.path.normpath(path))
+    for base in ([Path(BUILD_ROOT).resolve()] if BUILD_ROOT else []) + [Path.cwd().resolve()]:
+        for candidate in (p, Path(os.path.realpath(p))):
+            if candidate == base or base in candidate.parents:
+                return str(candidate.relative_to(base))
+    return p.name or "."
+
+
+def collection_name(spec) -> str:
+    """`cifar10` as it is; a folder's path as shown_path shows it."""
+    return shown_path(spec) if isinstance(spec, str) and spec.startswith("/") else str(spec)
+
+
+def public(message: str) -> str:
+    """A message for visitors: every absolute path in it made relative (or cut to its name); the operator's
+    terminal gets it whole, once per process."""
+    log_once(message)
+    return ABSOLUTE_PATH.sub(lambda m: shown_path(m.group(0).rstrip(".:")) + m.group(0)[len(m.group(0).rstrip(".:")):],
+                             message)
+
+
+@st.cache_resource(show_spinner=False, max_entries=256)
+def log_once(message: str) -> None:
+    print(f"imgsearch: {message}", file=sys.stderr)
+
+
+def folder_in_root(typed: str, root: Path) -> Path:
+    """The folder a visitor typed, inside the build root after resolving `..` and symlinks, or ValueError."""
+    text = typed.strip()
+    if not text:
+        raise ValueError("Type the name of a folder inside the build root.")
+    target = (root / text).resolve()  # an absolute `typed` replaces the root, and is refused below like `..`
+    if target != root and root not in target.parents:
+        raise ValueError("Only folders inside the build root can be indexed.")
+    if not target.is_dir():
+        raise ValueError(f"There is no folder {text!r} inside the build root.")
+    return target
+
+
 def build_ui(reason: str) -> None:
-    """No usable index: say why in one sentence and offer to build one."""
-    st.info(reason)
-    data = st.text_input("Collection to index: `cifar10` (downloads it) or a folder of images",
-                         value="cifar10", key="build_data", help=f"Offline? Try {OFFLINE_HINT}")
+    """No usable index: say why in one sentence, and offer to build one when the operator allows it."""
+    st.info(public(reason))
+    if not BUILD_ROOT:
+        st.caption("Building an index from this page is off. The operator can build one with "
+                   "`imgsearch build-index`, or allow building from the folders inside one directory by "
+                   "starting the server with IMGSEARCH_BUILD_ROOT=DIR.")
+        return
+    root = Path(BUILD_ROOT).resolve()
+    typed = st.text_input("Folder of images to index, inside the build root", value=".", key="build_data",
+                          help="Class subfolders give labels; `.` is the build root itself.")
     if st.button("Build the index", key="build", type="primary"):
+        try:
+            folder = folder_in_root(typed, root)
+        except ValueError as e:
+            st.error(str(e))
+            return
         bar = st.progress(0.0, text="starting…")
         try:
-            summary = build_index(data, DEFAULT_CHECKPOINT, INDEX_DIR, progress=False,
+            summary = build_index(str(folder), DEFAULT_CHECKPOINT, INDEX_DIR, progress=False, wait=False,
                                   on_step=lambda name, frac: bar.progress(frac, text=name))
+        except BuildBusyError as e:  # one build at a time, whichever session or terminal started it
+            st.warning(str(e))
+            return
         except (CollectionError, CheckpointError) as e:
-            st.error(str(e))
+            st.error(public(str(e)))
             return
         st.success(f"Indexed {summary['items']} images in {summary['seconds']:.0f} s"
                    + (f" ({len(summary['skipped'])} unreadable files skipped)." if summary["skipped"] else "."))
@@ -64,15 +131,15 @@ def sidebar_ui(index: Index) -> str:
         view = st.radio("View", VIEWS, key="view", horizontal=True)
         st.header("Index")
         st.markdown(
-            f"- **{m['items']:,}** images from `{m['collection']}`\n"
+            f"- **{m['items']:,}** images from `{collection_name(m['collection'])}`\n"
             f"- model `{m['model']['fingerprint']}`, {m['code_dim']}-d codes, "
-            f"trained on `{m['model']['trained_on'].get('collection', '?')}`\n"
+            f"trained on `{collection_name(m['model']['trained_on'].get('collection', '?'))}`\n"
             f"- built {m['built_at']}"
             + (f"\n- {m['skipped']} unreadable files skipped" if m.get("skipped") else "")
         )
         st.markdown("**Spaces**\n\n" + "\n".join(f"- **{name}**: {space.description}" + settings_note(m["spaces"][name]["settings"])
                                for name, space in index.spaces.items()))
-        st.caption(f"Index directory: `{INDEX_DIR}`")
+        st.caption(f"Index directory: `{shown_path(INDEX_DIR)}`")
     return view
 
 
@@ -96,9 +163,37 @@ def set_query(item: int) -> None:
     st.session_state.item_number = item
 
 
+def follow_index(index: Index) -> None:
+    """Item ids, classes and space names kept in a session belong to the build they were picked in; after a
+    swap they name other images, or none. Forget them, and say so once, when the build changed."""
+    build = str(index.path)
+    seen = st.session_state.get("build")
+    if seen is not None and seen != build:
+        had_query = st.session_state.get("query") is not None
+        for key in INDEX_STATE:
+            st.session_state.pop(key, None)
+        st.session_state.collection_changed = had_query
+    st.session_state.build = build
+
+
+def ask_random(label: str | None = None) -> None:
+    # Only a request: the pick is drawn in the next run from the index loaded then, since this callback's
+    # run may have loaded the build a swap has since replaced.
+    st.session_state.random_pick = {"label": label}
+
+
 def query_ui(index: Index):
     """Upload or pick from the collection; returns the current query (an item id or an upload) or None."""
     rng = np.random.default_rng()
+    pick = st.session_state.pop("random_pick", None)
+    if pick is not None:
+        label = pick["label"] if pick["label"] in index.classes else None
+        if label is not None and not len(index.items_of(label)):
+            label = None  # a class the rebuilt collection no longer has
+        set_query(index.random_item(rng, label))
+        st.session_state.collection_changed = False
+    if st.session_state.pop("collection_changed", False):
+        st.info("The collection changed (the index was rebuilt), so the previous query was cleared; pick a new one.")
     upload_col, pick_col = st.columns(2)
     with upload_col:
         upload = st.file_uploader("Upload an image", key="upload",
@@ -107,10 +202,10 @@ def query_ui(index: Index):
     with pick_col:
         st.markdown("**…or pick one from the collection**")
         a, b, c = st.columns([1, 1.4, 1.2])
-        a.button("Random", key="random", on_click=lambda: set_query(index.random_item(rng)))
+        a.button("Random", key="random", on_click=ask_random)
         if index.classes:
             label = b.selectbox("Class", index.classes, key="pick_class", label_visibility="collapsed")
-            b.button(f"Random {label}", key="random_class", on_click=lambda: set_query(index.random_item(rng, label)))
+            b.button(f"Random {label}", key="random_class", on_click=ask_random, args=(label,))
         c.number_input("Item number", 0, len(index) - 1, key="item_number", step=1,
                        on_change=lambda: st.session_state.update(query=int(st.session_state.item_number)))
     query = st.session_state.get("query")
@@ -175,9 +270,9 @@ def map_view(index: Index) -> None:
     st.markdown("Each dot is one image, placed by a 2-D map of its code (left) or its pixels (right). "
                 "Hover the larger dots for a picture; click one to make it the query.")
     query = st.session_state.get("query")
-    query_id = query if isinstance(query, int) else None
+    query_id = query if isinstance(query, int) and 0 <= query < len(index) else None
     neighbours = [h.id for h in index.search(query_id, k=10).code] if query_id is not None else []
-    st.caption(f"Map: {index.meta['maps']['method']}."
+    st.caption(f"Map: {(index.meta['maps'] or {}).get('method', 'method not recorded')}."
                + (f" Query: item {query_id} ({index.label(query_id) or 'unlabelled'}) with its 10 code-space "
                   "neighbours." if query_id is not None else " Pick a query on the Search view, or click a point."))
     for col, space, title in zip(st.columns(2), ("code", "pixel"), ("Code space", "Pixel space")):
@@ -186,7 +281,7 @@ def map_view(index: Index) -> None:
             event = st.altair_chart(map_chart(index, space, query_id, neighbours), key=f"map_{space}",
                                     on_select="rerun", selection_mode="pick", width="stretch")
             picked = (event.selection.get("pick") or [{}])[0].get("id") if event else None
-            if picked is not None and int(picked) != query_id:
+            if picked is not None and 0 <= int(picked) < len(index) and int(picked) != query_id:
                 set_query(int(picked))
                 st.rerun()
     if query_id is not None:
@@ -195,10 +290,15 @@ def map_view(index: Index) -> None:
 
 
 def quality_view(index: Index) -> None:
-    report = load_evaluation()
-    if report is None:
-        st.info("No evaluation report yet: run scripts/evaluate.py --json docs/evaluation.json.")
+    try:
+        report = load_evaluation()
+    except ReportError as e:
+        report = None
+        st.warning(public(str(e)))
     else:
+        if report is None:
+            st.info("No evaluation report yet: run scripts/evaluate.py --json docs/evaluation.json.")
+    if report is not None:
         s = report["settings"]
         st.markdown(f"Retrieval on **{s['query_items']:,}** queries from `{s['queries']}` against "
                     f"**{s['database_items']:,}** images of `{s['database']}` (model `{s.get('model', '?')}`); "
@@ -253,6 +353,7 @@ def main() -> None:
     except IndexLoadError as e:
         build_ui(str(e))
         st.stop()
+    follow_index(index)
     view = sidebar_ui(index)
     if view == "Map":
         return map_view(index)
@@ -269,6 +370,9 @@ def main() -> None:
         results = index.search(query, k=k, spaces=spaces)
     except ImageError as e:
         st.error(str(e))
+        return
+    except IndexError:  # an item id from before a swap that follow_index could not see (defence in depth)
+        st.info("That item is not in the collection any more (the index was rebuilt); pick a new query.")
         return
     took = time.perf_counter() - started
     query_label = index.label(results.query_id) if results.query_id is not None else None

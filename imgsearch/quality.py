@@ -56,14 +56,29 @@ def disagreements(index: Index, label: str, *, first: str = "code", second: str 
     return out
 
 
+class ReportError(RuntimeError):
+    """An evaluation report exists but cannot be shown; the message says which file and why."""
+
+
+REPORT_KEYS = ("pixels", "pca", "codes_exact", "codes_served", "precision_curves", "settings")
+
+
 def load_evaluation(path: str | os.PathLike | None = None) -> dict | None:
-    """The evaluation script's JSON report (scripts/evaluate.py --json), or None when there is none."""
+    """The evaluation script's JSON report (scripts/evaluate.py --json); None when there is none yet.
+
+    A report that is there but unreadable raises ReportError: "no report yet" would send the
+    reader to run an evaluation that already ran, instead of to the damaged file.
+    """
     path = Path(path or os.environ.get("IMGSEARCH_EVALUATION", DEFAULT_EVALUATION))
-    if not path.is_file():
+    if not path.exists():
         return None
     try:
         report = json.loads(path.read_text())
-    except ValueError:
-        return None
-    needed = ("pixels", "pca", "codes_exact", "codes_served", "precision_curves", "settings")
-    return report if all(k in report for k in needed) else None
+    except (OSError, ValueError, RecursionError) as e:
+        raise ReportError(f"The evaluation report at {path} is unreadable ({type(e).__name__}); "
+                          "rerun scripts/evaluate.py --json to replace it.") from None
+    missing = [k for k in REPORT_KEYS if k not in report] if isinstance(report, dict) else ["its contents"]
+    if missing:
+        raise ReportError(f"The evaluation report at {path} is unreadable (it lacks {missing[0]}); "
+                          "rerun scripts/evaluate.py --json to replace it.")
+    return report

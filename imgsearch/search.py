@@ -16,7 +16,7 @@ import numpy as np
 
 from . import layout
 from .images import PREPROCESSING, to_pixels
-from .index import DEFAULT_INDEX, IndexLoadError, read_meta, resolve
+from .index import DEFAULT_INDEX, IndexLoadError, read_meta, resolve, verify_checksums
 from .model import CheckpointError, encode_pixels, load_checkpoint, reconstruct
 from .spaces import DEFAULT_SPACES, SPACES, LoadInput, Query, Space, SpaceError
 
@@ -78,7 +78,7 @@ class Index:
         `model_path` overrides the checkpoint stored in the index: it must be the same model.
         """
         path = resolve(index_dir)  # one snapshot: a rebuild swapping the link meanwhile changes nothing here
-        meta = read_meta(path)
+        meta = read_meta(path)  # checked against its schema: every key used below is there, with its type
         n, dim = meta["items"], meta["code_dim"]
         try:
             model, info = load_checkpoint(model_path or path / layout.MODEL)
@@ -91,20 +91,32 @@ class Index:
             )
         if model.args.code_dim != dim:
             raise IndexLoadError(f"The model makes {model.args.code_dim}-d codes but the index holds {dim}-d codes.")
-        if meta.get("preprocessing", {}).get("size") != PREPROCESSING["size"]:
-            raise IndexLoadError(f"The index was built from {meta['preprocessing'].get('size')}px images; "
+        if meta["preprocessing"]["size"] != PREPROCESSING["size"]:
+            raise IndexLoadError(f"The index was built from {meta['preprocessing']['size']}px images; "
                                  f"this version uses {PREPROCESSING['size']}px: rebuild it.")
+        # Before any file is parsed: Annoy trusts its file and can crash the process on damaged bytes.
+        verify_checksums(path, meta, index_dir)
         try:
             codes = np.load(path / layout.CODES)
             pixels = np.load(path / layout.PIXELS)
             labels = np.load(path / layout.LABELS)
             paths = json.loads((path / layout.PATHS).read_text())
-        except (OSError, ValueError) as e:
-            raise IndexLoadError(f"A file of the index at {index_dir} is missing or corrupt ({e}); rebuild it.") from None
+        except Exception as e:  # noqa: BLE001 - whatever a damaged file raises, the answer is one sentence
+            raise IndexLoadError(f"A file of the index at {index_dir} is missing or corrupt ({type(e).__name__}); "
+                                 "rebuild it.") from None
         for name, shape, want in ((layout.CODES, codes.shape, (n, dim)), (layout.PIXELS, pixels.shape, (n, 32, 32, 3)),
-                                  (layout.LABELS, labels.shape, (n,)), (layout.PATHS, (len(paths),), (n,))):
+                                  (layout.LABELS, labels.shape, (n,)),
+                                  (layout.PATHS, (len(paths),) if isinstance(paths, list) else (), (n,))):
             if tuple(shape) != want:
                 raise IndexLoadError(f"{name} in {index_dir} has shape {tuple(shape)}, meta.json says {want}: rebuild it.")
+        for name, array, kind in ((layout.CODES, codes, "f"), (layout.PIXELS, pixels, "u"), (layout.LABELS, labels, "i")):
+            if array.dtype.kind != kind:
+                raise IndexLoadError(f"{name} in {index_dir} holds {array.dtype} values: rebuild it.")
+        if n and not -1 <= int(labels.min()) <= int(labels.max()) < len(meta["classes"]):
+            raise IndexLoadError(f"{layout.LABELS} in {index_dir} has labels outside the {len(meta['classes'])} "
+                                 "classes meta.json names: rebuild it.")
+        if not all(p is None or isinstance(p, str) for p in paths):
+            raise IndexLoadError(f"{layout.PATHS} in {index_dir} holds entries that are neither a path nor null: rebuild it.")
         shared = LoadInput(path, n, pixels, codes)
         spaces = {}
         for name, section in meta["spaces"].items():
@@ -114,14 +126,21 @@ class Index:
                 spaces[name] = SPACES[name].load(shared, section)
             except SpaceError as e:
                 raise IndexLoadError(f"The {name} space of the index at {index_dir} is unusable: {e}; rebuild it.") from None
+            except Exception as e:  # noqa: BLE001 - a plug-in space's loader may raise anything on odd files
+                raise IndexLoadError(f"The {name} space of the index at {index_dir} is unusable ({type(e).__name__}); "
+                                     "rebuild it.") from None
         index = cls(path, meta, model, info, codes, pixels, labels, paths, spaces)
         for space in ("code", "pixel"):
-            f = path / layout.map_file(space)
-            if f.is_file():
-                xy = np.load(f)
-                if xy.shape != (n, 2):
-                    raise IndexLoadError(f"{f.name} in {index_dir} has shape {xy.shape}, expected {(n, 2)}: rebuild it.")
-                index.maps[space] = xy
+            name = layout.map_file(space)
+            if name not in meta["checksums"]:
+                continue  # built without maps (--no-maps); a map file nobody recorded is not trusted
+            try:
+                xy = np.load(path / name)
+            except Exception as e:  # noqa: BLE001 - a damaged header raises tokenize errors, not only ValueError
+                raise IndexLoadError(f"{name} in {index_dir} is unreadable ({type(e).__name__}): rebuild it.") from None
+            if xy.shape != (n, 2):
+                raise IndexLoadError(f"{name} in {index_dir} has shape {xy.shape}, expected {(n, 2)}: rebuild it.")
+            index.maps[space] = xy
         return index
 
     # ---- queries ---------------------------------------------------------------------------

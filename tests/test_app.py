@@ -98,12 +98,16 @@ def test_a_bad_upload_gets_one_sentence_and_the_page_keeps_working(app):
     assert not app.exception and len(subheaders(app)) == 2
 
 
-def test_missing_index_offers_to_build_one(tmp_path, monkeypatch, collection_dir):
+def test_missing_index_offers_to_build_one_when_the_operator_allows_it(tmp_path, monkeypatch, collection_dir):
     monkeypatch.setenv("IMGSEARCH_INDEX", str(tmp_path / "none"))
+    monkeypatch.setenv("IMGSEARCH_BUILD_ROOT", str(collection_dir))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
     assert not at.exception
     assert "No index at" in at.info[0].value
-    assert at.button(key="build") is not None and at.text_input(key="build_data").value == "cifar10"
+    assert at.button(key="build") is not None and at.text_input(key="build_data").value == "."
+    monkeypatch.delenv("IMGSEARCH_BUILD_ROOT")
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    assert "No index at" in at.info[0].value and len(at.text_input) == 0 and len(at.button) == 0
 
 
 def test_map_view_shows_both_maps_with_the_query_and_its_neighbours(app):

@@ -1,0 +1,339 @@
+"""Issue 10: damaged index files and metadata give one sentence, never a crash or a wrong answer;
+builds into one --out take turns, clean up after killed builds and prune by what is live."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from imgsearch import layout
+from imgsearch.index import (CHECKSUM, PRUNE_GRACE_SECONDS, BuildBusyError, IndexLoadError, build_index, build_lock,
+                             file_checksum, read_meta, resolve)
+from imgsearch.quality import ReportError, load_evaluation
+from imgsearch.search import Index
+
+from conftest import ROOT
+
+
+@pytest.fixture
+def copy_of(index_dir, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(resolve(index_dir), dst)
+    return dst
+
+
+def flip(path, offsets):
+    """Invert one bit at each offset: the file keeps its size, as a bad sector or a bad copy would."""
+    data = bytearray(path.read_bytes())
+    for o in offsets:
+        data[o] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def edit_meta(directory, change):
+    meta = json.loads((directory / layout.META).read_text())
+    change(meta)
+    (directory / layout.META).write_text(json.dumps(meta))
+
+
+def reseal(directory):
+    """Record the files' current checksums, so a test can reach the checks that come after them."""
+    def change(meta):
+        meta["checksums"] = {p.name: {"bytes": p.stat().st_size, CHECKSUM: file_checksum(p)}
+                             for p in directory.iterdir() if p.name != layout.META}
+    edit_meta(directory, change)
+
+
+# ---- checksums -------------------------------------------------------------------------------
+
+def test_every_file_of_a_build_has_its_checksum_in_meta(index_dir):
+    build = resolve(index_dir)
+    sums = read_meta(index_dir)["checksums"]
+    assert set(sums) == {p.name for p in build.iterdir()} - {layout.META}
+    for name, want in sums.items():
+        assert want == {"bytes": (build / name).stat().st_size, CHECKSUM: file_checksum(build / name)}
+
+
+# In a child process: a damaged Annoy file may kill the process that searches it (SIGSEGV), and
+# that must fail this test, not end the test run.
+FLIPPED_ANN = textwrap.dedent("""
+    import shutil, sys
+    from pathlib import Path
+    import numpy as np
+    sys.path.insert(0, sys.argv[1])
+    from imgsearch.index import IndexLoadError
+    from imgsearch.search import Index
+
+    src, work = Path(sys.argv[2]), Path(sys.argv[3])
+    size = (src / "codes.ann").stat().st_size
+    for seed in range(8):
+        d = work / f"v{seed}"
+        shutil.copytree(src, d)
+        data = bytearray((d / "codes.ann").read_bytes())
+        # 20 bits in the trees, after the item vectors that the load compares with codes.npy
+        for o in np.random.default_rng(seed).integers(size // 2, size, 20):
+            data[o] ^= 1 << int(o % 8)
+        (d / "codes.ann").write_bytes(bytes(data))
+        try:
+            index = Index.load(d)
+        except IndexLoadError as e:
+            print("refused:", e)
+            continue
+        for q in range(0, len(index), 7):
+            index.search(q, k=10, spaces=["code"])
+        print("searched")
+""")
+
+
+def test_flipped_bytes_in_the_annoy_file_are_refused_before_any_search(index_dir, tmp_path):
+    r = subprocess.run([sys.executable, "-c", FLIPPED_ANN, str(ROOT), str(resolve(index_dir)), str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"the child died ({r.returncode}): {r.stderr[-2000:]}"
+    lines = r.stdout.splitlines()
+    assert len(lines) == 8 and all(line.startswith("refused: codes.ann in the index at") for line in lines), lines
+    assert all("missing or corrupt" in line and "rebuild it" in line for line in lines)
+
+
+@pytest.mark.parametrize("name", [layout.PIXELS, layout.LABELS, layout.CODES, layout.PATHS, layout.PIXEL_BOUND,
+                                  layout.PCA, layout.BITS, layout.ANNOY, "map_code.npy", "map_pixel.npy"])
+def test_a_flipped_byte_in_any_file_is_one_sentence(copy_of, name):
+    path = copy_of / name
+    flip(path, [path.stat().st_size // 2])  # the middle: array data, which no parser would notice
+    with pytest.raises(IndexLoadError, match=f"^{name} in the index at .* is missing or corrupt .*rebuild it") as e:
+        Index.load(copy_of)
+    assert "\n" not in str(e.value)
+
+
+def test_a_flipped_byte_in_the_model_is_refused(copy_of):
+    flip(copy_of / layout.MODEL, [(copy_of / layout.MODEL).stat().st_size // 2])
+    with pytest.raises(IndexLoadError):
+        Index.load(copy_of)
+
+
+def test_an_index_without_checksums_asks_for_a_rebuild(copy_of):
+    edit_meta(copy_of, lambda m: m.pop("checksums"))
+    with pytest.raises(IndexLoadError, match="records no checksums .*earlier version.*rebuild"):
+        read_meta(copy_of)
+
+
+# ---- meta.json's schema -------------------------------------------------------------------
+
+def _set(path, value):
+    def change(meta):
+        *parents, last = path
+        node = meta
+        for key in parents:
+            node = node[key]
+        if value is KeyError:
+            del node[last]
+        else:
+            node[last] = value
+    return change
+
+
+@pytest.mark.parametrize("path, value, words", [
+    (("items",), KeyError, "'items' is missing"),
+    (("items",), "60", "'items' must be a whole number"),
+    (("items",), 0, "'items' must be a whole number of at least 1"),
+    (("items",), True, "'items' must be a whole number"),
+    (("code_dim",), 64.0, "'code_dim' must be"),
+    (("model",), KeyError, "'model' is missing"),
+    (("model", "fingerprint"), KeyError, "'model' must be an object with a fingerprint"),
+    (("classes",), "blue", "'classes' must be a list"),
+    (("classes",), [1, 2, 3], "'classes' must be a list"),
+    (("classes",), ["red", "red", "blue"], "distinct"),
+    (("spaces",), [], "'spaces' must be an object"),
+    (("spaces",), {}, "'spaces' must be an object"),
+    (("preprocessing",), KeyError, "'preprocessing' is missing"),
+    (("maps",), "t-SNE", "'maps' must be null or an object"),
+    (("spaces", "code", "metric"), "manhattan", "code space's section names the metric 'manhattan'"),
+    (("spaces", "pixel", "metric"), KeyError, "pixel space's section has no metric"),
+    (("spaces", "code", "settings", "ann_bytes"), KeyError, "code space's section has no ann_bytes setting"),
+    (("spaces", "code", "settings", "search_k"), "1e4", "unusable search_k setting"),
+    (("spaces", "code", "settings", "search_k"), "10000", "unusable search_k setting"),
+    (("spaces", "bits", "files"), ["bits.npz", "extra.npz"], "lists extra.npz, which has no checksum"),
+    (("spaces", "pca", "files"), ["../../etc/passwd"], "must list its files by name"),
+    (("spaces", "bits", "bits"), KeyError, "gives neither dims nor bits"),
+    (("checksums", "../outside"), {"bytes": 1, CHECKSUM: "00"}, "'checksums' must be"),
+    (("checksums", layout.LABELS), KeyError, "no checksum for labels.npy"),
+])
+def test_damaged_metadata_is_one_sentence(copy_of, path, value, words):
+    edit_meta(copy_of, _set(path, value))
+    with pytest.raises(IndexLoadError, match=words) as e:
+        Index.load(copy_of)
+    assert "\n" not in str(e.value) and "rebuild" in str(e.value)
+
+
+def test_labels_beyond_the_classes_are_refused(copy_of):
+    edit_meta(copy_of, _set(("classes",), []))  # the labels still say 0, 1 and 2
+    with pytest.raises(IndexLoadError, match="labels outside the 0 classes"):
+        Index.load(copy_of)
+
+
+def test_a_collection_without_classes_still_loads(copy_of):
+    np.save(copy_of / layout.LABELS, np.full(60, -1, np.int64))
+    edit_meta(copy_of, _set(("classes",), []))
+    reseal(copy_of)
+    index = Index.load(copy_of)
+    assert index.search(3, k=2).pixel[0].label is None
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda d: np.save(d / layout.PIXELS, np.load(d / layout.PIXELS).astype(np.float32)), "pixels.npy .*holds float32"),
+    (lambda d: np.save(d / layout.LABELS, np.load(d / layout.LABELS) + 5), "labels outside the 3 classes"),
+    (lambda d: (d / layout.PATHS).write_text(json.dumps([["a"]] * 60)), "paths.json .*neither a path nor null"),
+])
+def test_files_with_the_right_checksum_but_unusable_contents_are_refused(copy_of, damage, words):
+    damage(copy_of)
+    reseal(copy_of)  # written so by a buggy tool, say: only the contents can tell
+    with pytest.raises(IndexLoadError, match=words):
+        Index.load(copy_of)
+
+
+def test_any_error_of_a_space_loader_is_one_sentence(copy_of, monkeypatch):
+    from imgsearch.spaces.bits import BitsSpace
+
+    monkeypatch.setattr(BitsSpace, "load", classmethod(lambda cls, data, section: section["no such key"]))
+    with pytest.raises(IndexLoadError, match="^The bits space of the index at .* is unusable \\(KeyError\\); rebuild it"):
+        Index.load(copy_of)
+
+
+def test_a_corrupted_map_header_is_one_sentence(copy_of):
+    data = (copy_of / "map_code.npy").read_bytes()
+    length = int.from_bytes(data[8:10], "little")  # .npy v1: magic, version, header length, header
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (60, 2".ljust(length - 1) + b"\n"
+    (copy_of / "map_code.npy").write_bytes(data[:10] + header + data[10 + length:])  # numpy's tokenizer raises TokenError
+    reseal(copy_of)  # written by a buggy tool, say: the checksum matches, the header does not parse
+    with pytest.raises(IndexLoadError, match="map_code.npy in .* is unreadable"):
+        Index.load(copy_of)
+
+
+# ---- concurrent and killed builds -----------------------------------------------------------
+
+def test_a_second_build_into_the_same_out_waits_for_the_first(tmp_path, collection, checkpoint):
+    out = tmp_path / "index"
+    events, hold, errors = [], threading.Event(), []
+
+    def first_step(step, frac):
+        events.append(("first", step))
+        if step == "encoding":
+            hold.wait(60)
+
+    def build(name, on_step):
+        try:
+            build_index(collection, checkpoint, out, n_trees=2, maps=False, progress=False, on_step=on_step)
+        except Exception as e:  # noqa: BLE001 - any failure is the bug under test
+            errors.append(e)
+
+    a = threading.Thread(target=build, args=("first", first_step))
+    a.start()
+    while ("first", "encoding") not in events:
+        time.sleep(0.01)
+    b = threading.Thread(target=build, args=("second", lambda step, frac: events.append(("second", step))))
+    b.start()
+    time.sleep(1.0)
+    with pytest.raises(BuildBusyError, match="^Another build into index is running; try again"):
+        build_index(collection, checkpoint, out, maps=False, progress=False, wait=False)
+    hold.set()
+    a.join(120), b.join(120)
+    assert errors == []
+    second = [step for who, step in events if who == "second"]
+    assert second[0] == "waiting for another build to finish"
+    assert events.index(("second", "reading the collection")) > events.index(("first", "writing"))
+    builds = sorted(p.name for p in (tmp_path / "index.builds").iterdir())
+    assert len(builds) == 2 and resolve(out).name in builds and Index.load(out).search(1, k=2).code
+
+
+KILLED_BUILD = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, sys.argv[1])
+    from imgsearch.data import load_folder
+    from imgsearch.index import build_index
+
+    def die(step, frac):
+        if step == sys.argv[4]:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    build_index(load_folder(sys.argv[2], progress=False), sys.argv[5], sys.argv[3], n_trees=2, maps=False,
+                progress=False, on_step=die)
+""")
+
+
+def test_a_killed_build_leaves_nothing_that_outlives_the_next_build(tmp_path, collection_dir, collection, checkpoint):
+    out = tmp_path / "index"
+    build_index(collection, checkpoint, out, n_trees=2, maps=False, progress=False)
+    live = resolve(out)
+    r = subprocess.run([sys.executable, "-c", KILLED_BUILD, str(ROOT), str(collection_dir), str(out), "writing",
+                        str(checkpoint)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == -9, r.stderr[-2000:]
+    assert len(list((tmp_path / "index.builds").glob("*.partial"))) == 1 and resolve(out) == live
+    stale_link = tmp_path / f".index.link-{os.getpid()}"
+    stale_link.symlink_to("index.builds/gone")
+    # the kernel released the killed build's lock: this build neither waits nor fails
+    build_index(collection, checkpoint, out, n_trees=3, maps=False, progress=False, wait=False)
+    assert not list((tmp_path / "index.builds").glob("*.partial")) and not stale_link.is_symlink()
+    assert not list(tmp_path.glob(".index.link-*"))
+    assert Index.load(out).meta["spaces"]["code"]["settings"]["n_trees"] == 3
+
+
+def built(summary):
+    return resolve(summary["build_dir"])
+
+
+def age(path, seconds):
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def test_pruning_keeps_the_live_build_and_the_one_before_whatever_their_names(tmp_path, collection, checkpoint):
+    out = tmp_path / "index"
+    builds = tmp_path / "index.builds"
+    first = built(build_index(collection, checkpoint, out, n_trees=2, maps=False, progress=False))
+    second = built(build_index(collection, checkpoint, out, n_trees=2, maps=False, progress=False))
+    # A complete build that was never published (killed between writing and the swap), named to sort last
+    leftover = builds / "99999999-999999-leftover"
+    shutil.copytree(second, leftover)
+    hour = 3600
+    for p in (first, second, leftover):
+        age(p, hour)
+    third = built(build_index(collection, checkpoint, out, n_trees=2, maps=False, progress=False))
+    assert resolve(out) == third
+    assert second.is_dir() and Index.load(second).search(1, k=2).code  # the build before the live one
+    assert not first.exists() and not leftover.exists()
+
+
+def test_pruning_spares_builds_that_a_reader_may_still_be_loading(tmp_path, collection, checkpoint):
+    out = tmp_path / "index"
+    made = [built(build_index(collection, checkpoint, out, n_trees=2, maps=False, progress=False))
+            for _ in range(3)]
+    # the first stopped being live seconds ago: a process that resolved the link just before may still be loading it
+    assert all(p.is_dir() for p in made) and PRUNE_GRACE_SECONDS >= 60
+    age(made[0], PRUNE_GRACE_SECONDS + 1)
+    build_index(collection, checkpoint, out, n_trees=2, maps=False, progress=False)
+    assert not made[0].exists() and made[1].is_dir() and made[2].is_dir()
+
+
+def test_a_held_lock_refuses_a_build_that_will_not_wait(tmp_path, collection, checkpoint):
+    out = tmp_path / "index"
+    with build_lock(out):
+        with pytest.raises(BuildBusyError):
+            build_index(collection, checkpoint, out, maps=False, progress=False, wait=False)
+    assert not out.exists()
+
+
+# ---- the evaluation report --------------------------------------------------------------------
+
+def test_a_corrupt_evaluation_report_is_not_a_missing_one(tmp_path):
+    assert load_evaluation(tmp_path / "none.json") is None
+    (tmp_path / "bad.json").write_text('{"pixels": {"P@1": 0.3')
+    with pytest.raises(ReportError, match="^The evaluation report at .*bad.json is unreadable"):
+        load_evaluation(tmp_path / "bad.json")
+    (tmp_path / "partial.json").write_text('{"pixels": {}}')
+    with pytest.raises(ReportError, match="unreadable \\(it lacks pca\\)"):
+        load_evaluation(tmp_path / "partial.json")
