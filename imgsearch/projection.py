@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .pca import fit_pca
+
 LANDMARKS = 2000  # t-SNE cost grows ~n log n; 2,000 points take a few seconds here
 NEIGHBOURS = 8  # landmarks averaged to place each other point
 PIXEL_PCA = 64  # pixels are reduced to this many components before the map is made
@@ -62,14 +64,9 @@ def _pca_layout(x: torch.Tensor) -> np.ndarray:
 
 
 def pixel_features(pixels: np.ndarray, n_components: int = PIXEL_PCA, fit_rows: int = 10000, seed: int = 0) -> np.ndarray:
-    """Flattened [0, 1] pixels reduced by PCA (fitted on a sample), so the pixel map is cheap."""
-    flat = torch.from_numpy(pixels.reshape(len(pixels), -1).astype(np.float32) / 255.0)
-    rng = np.random.default_rng(seed)
-    sample = flat[np.sort(rng.choice(len(flat), min(fit_rows, len(flat)), replace=False))]
-    mean = sample.mean(0)
-    torch.manual_seed(seed)  # randomized SVD: seconds instead of a minute for the full one
-    _, _, comps = torch.svd_lowrank(sample - mean, q=min(n_components, *sample.shape), niter=3)
-    return ((flat - mean) @ comps).numpy()
+    """Pixels reduced by PCA (fitted on a sample), so the pixel map is cheap; the map normalises
+    the scale away."""
+    return fit_pca(pixels, n_components, max_rows=fit_rows, seed=seed).project(pixels)
 
 
 def collection_maps(codes: np.ndarray, pixels: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
