@@ -27,6 +27,12 @@ class CollectionError(RuntimeError):
     """A collection that cannot be loaded; the message says what to do instead."""
 
 
+def label_name(classes: list[str], label) -> str | None:
+    """A stored label (an index into `classes`, -1 for none) as its class name, or None."""
+    label = int(label)
+    return classes[label] if label >= 0 else None
+
+
 @dataclass
 class Collection:
     spec: str  # how to load it again: "cifar10", "cifar10:test" or a folder path
@@ -44,8 +50,7 @@ class Collection:
         return bool(self.classes) and bool((self.labels >= 0).any())
 
     def label_name(self, i: int) -> str | None:
-        lab = int(self.labels[i])
-        return self.classes[lab] if lab >= 0 else None
+        return label_name(self.classes, self.labels[i])
 
     def subset(self, n: int, seed: int = 0) -> "Collection":
         """A random subset of n items (in their original order), for quick runs."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import layout
+from .data import label_name
 from .images import PREPROCESSING, to_pixels
 from .index import DEFAULT_INDEX, IndexLoadError, read_meta, resolve, verify_checksums
 from .model import CheckpointError, encode_pixels, load_checkpoint, reconstruct
@@ -193,8 +194,7 @@ class Index:
         return Hit(i, distance, self.label(i), self.paths[i])
 
     def label(self, i: int) -> str | None:
-        lab = int(self.labels[i])
-        return self.classes[lab] if lab >= 0 else None
+        return label_name(self.classes, self.labels[i])
 
     def items_of(self, label: str) -> np.ndarray:
         """Ids of the items of one class."""
