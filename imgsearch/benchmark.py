@@ -21,9 +21,10 @@ from tqdm import tqdm
 
 from .data import Collection
 from .images import to_pixels
-from .index import METRIC, build_annoy, build_index
+from .index import build_index
 from .knn import BruteForce, topk_ties_by_id
 from .spaces.bits import binarise, fit_binariser, hamming, word_major
+from .spaces.code import METRIC, build_annoy
 from .spaces.pixel import squared_distances
 from .projection import collection_maps
 from .model import encode_pixels, load_checkpoint, pixels_to_tensor

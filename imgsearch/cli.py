@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 COMMANDS: dict[str, tuple] = {}  # name -> (help, add_arguments, run)

@@ -36,7 +36,7 @@ from .images import PREPROCESSING
 from .model import encode_pixels, load_checkpoint
 from .projection import LANDMARKS, collection_maps
 from .spaces import SPACES, BuildInput, SpaceError
-from .spaces.code import METRIC, N_TREES, SEARCH_K, SEED, build_annoy  # noqa: F401 (the evaluation and benchmark use them)
+from .spaces.code import N_TREES, SEARCH_K, SEED
 
 DEFAULT_INDEX = DATA_DIR / "index"
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "cifar10-ae.pt"

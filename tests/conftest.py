@@ -1,4 +1,5 @@
 """Small generated data, shared by the tests: a labelled folder of images, a tiny model, an index."""
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 
 from imgsearch.data import load_folder
-from imgsearch.index import build_index
+from imgsearch.index import build_index, resolve
 from imgsearch.model import ConvAutoEncoder, ModelArgs, save_checkpoint
 
 OFFLINE = ROOT.parent / "shared" / "datasets" / "cifar10-jpg"
@@ -65,3 +66,11 @@ def index_dir(tmp_path_factory, collection, checkpoint) -> Path:
     out = tmp_path_factory.mktemp("index") / "index"
     build_index(collection, checkpoint, out, n_trees=4, search_k=1000, progress=False)
     return out
+
+
+@pytest.fixture
+def copy_of(index_dir, tmp_path):
+    """A private copy of the shared index's build directory, for tests that damage it."""
+    dst = tmp_path / "copy"
+    shutil.copytree(resolve(index_dir), dst)
+    return dst

@@ -21,13 +21,6 @@ from imgsearch.search import Index
 from conftest import ROOT
 
 
-@pytest.fixture
-def copy_of(index_dir, tmp_path):
-    dst = tmp_path / "copy"
-    shutil.copytree(resolve(index_dir), dst)
-    return dst
-
-
 def flip(path, offsets):
     """Invert one bit at each offset: the file keeps its size, as a bad sector or a bad copy would."""
     data = bytearray(path.read_bytes())

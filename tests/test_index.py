@@ -164,13 +164,6 @@ def test_concurrent_readers_never_see_a_half_index(tmp_path, collection, checkpo
     assert errors == []
 
 
-@pytest.fixture
-def copy_of(index_dir, tmp_path):
-    dst = tmp_path / "copy"
-    shutil.copytree(resolve(index_dir), dst)
-    return dst
-
-
 def test_a_different_model_is_refused(copy_of, tmp_path):
     other = tiny_checkpoint(tmp_path / "other.pt", code_dim=64, seed=1)
     with pytest.raises(IndexLoadError, match="was built by model"):

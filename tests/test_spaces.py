@@ -1,13 +1,12 @@
 """Each space on tiny hand-checkable data, the registry, and exactness against brute force."""
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from imgsearch import layout
-from imgsearch.index import IndexLoadError, build_index, read_meta, resolve
+from imgsearch.index import IndexLoadError, build_index, read_meta
 from imgsearch.knn import BruteForce, topk_ties_by_id
 from imgsearch.pca import fit_pca
 from imgsearch.search import Index
@@ -156,9 +155,8 @@ def test_bits_width_is_chosen_at_build_time(tmp_path, collection, checkpoint):
         index.search(0, spaces=["code"])
 
 
-def test_a_version_one_index_is_refused_with_how_to_rebuild(index_dir, tmp_path):
-    copy = tmp_path / "old"
-    shutil.copytree(resolve(index_dir), copy)
+def test_a_version_one_index_is_refused_with_how_to_rebuild(copy_of):
+    copy = copy_of
     meta = json.loads((copy / layout.META).read_text())
     meta["format"] = "imgsearch-index-v1"
     (copy / layout.META).write_text(json.dumps(meta))
@@ -167,9 +165,8 @@ def test_a_version_one_index_is_refused_with_how_to_rebuild(index_dir, tmp_path)
 
 
 @pytest.mark.parametrize("name", ["pixel_bound.npz", "pca.npz", "bits.npz"])
-def test_a_damaged_space_file_is_one_sentence(index_dir, tmp_path, name):
-    copy = tmp_path / "copy"
-    shutil.copytree(resolve(index_dir), copy)
+def test_a_damaged_space_file_is_one_sentence(copy_of, name):
+    copy = copy_of
     (copy / name).write_bytes(b"garbage")
     with pytest.raises(IndexLoadError, match=f"{name}.*missing or corrupt.*rebuild it"):
         Index.load(copy)

@@ -45,7 +45,7 @@ class PcaSpace(Space):
         return cls(pca, a["projected"])
 
     def embed(self, query: Query) -> np.ndarray:
-        return self.pca.project(query.pixels[None])[0] / 255.0
+        return self.embed_many(query.pixels[None], None)[0]
 
     def embed_many(self, pixels: np.ndarray, codes: np.ndarray) -> np.ndarray:
         return self.pca.project(pixels) / 255.0
