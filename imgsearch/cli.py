@@ -57,6 +57,7 @@ def space_list(text: str) -> list[str]:
 @command("build-index", "encode a collection and publish its index")
 def build_index_arguments(p: argparse.ArgumentParser):
     from .index import DEFAULT_CHECKPOINT, DEFAULT_INDEX, N_TREES, SEARCH_K, SEED
+    from .ingest import BATCH
     from .spaces import SPACES
     from .spaces.bits import BITS, WIDTHS
 
@@ -71,19 +72,30 @@ def build_index_arguments(p: argparse.ArgumentParser):
     p.add_argument("--spaces", type=space_list, default=None,
                    help=f"comma-separated spaces to build (default: all: {','.join(SPACES)})")
     p.add_argument("--no-maps", action="store_true", help="skip the 2-D maps of the collection (saves ~10 s on 50,000 images)")
+    p.add_argument("--update", action="store_true",
+                   help="keep the items of the index at --out whose files are unchanged (path, size, modification "
+                        "time); encode only new and changed files, drop the removed ones")
+    p.add_argument("--batch-size", type=int, default=BATCH,
+                   help=f"items read and encoded per batch; a killed build resumes from its last whole batch "
+                        f"(default: {BATCH})")
 
     def run(a) -> int:
         from .data import CollectionError
-        from .index import build_index
+        from .index import IndexLoadError, build_index
         from .model import CheckpointError
 
         try:
             summary = build_index(a.data, a.model, a.out, spaces=a.spaces, n_trees=a.n_trees, search_k=a.search_k,
-                                  bits=a.bits, seed=a.seed, maps=not a.no_maps)
-        except (CollectionError, CheckpointError) as e:
+                                  bits=a.bits, seed=a.seed, maps=not a.no_maps, update=a.update,
+                                  batch_size=a.batch_size)
+        except (CollectionError, CheckpointError, IndexLoadError) as e:
             return fail(str(e))
         print(f"Indexed {summary['items']} images into {summary['index']} in {summary['seconds']:.1f} s "
               f"(spaces: {', '.join(summary['spaces'])}).")
+        if summary["update"]:
+            u = summary["update"]
+            print(f"Update: {u['added']} added, {u['changed']} changed, {u['removed']} removed, "
+                  f"{u['unchanged']} unchanged (not re-encoded).")
         for name, why in summary["spaces_skipped"].items():
             print(f"Space {name} not built: {why}.")
         if summary["skipped"]:

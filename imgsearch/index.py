@@ -31,9 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from . import layout
-from .data import DATA_DIR, Collection, load_collection
+from .data import DATA_DIR, Collection, CollectionError
 from .images import PREPROCESSING
-from .model import encode_pixels, load_checkpoint
+from .ingest import BATCH, NpyWriter, batch_file, batch_rows, ingest, read_batch, source_of
+from .model import load_checkpoint
 from .projection import LANDMARKS, collection_maps
 from .spaces import SPACES, BuildInput, SpaceError
 from .spaces.code import N_TREES, SEARCH_K, SEED
@@ -60,13 +61,20 @@ def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLik
                 out: str | os.PathLike = DEFAULT_INDEX, *, spaces: list[str] | None = None,
                 options: dict | None = None, n_trees: int = N_TREES, search_k: int = SEARCH_K,
                 bits: int | None = None, seed: int = SEED, maps: bool = True, progress: bool = True,
-                on_step=None, wait: bool = True) -> dict:
+                on_step=None, wait: bool = True, update: bool = False, batch_size: int = BATCH,
+                batches=None) -> dict:
     """Encode a collection, build every space's search structure and publish the index at `out`.
 
     `spaces` (default: every registered one) and `options` (space name -> keyword options) choose
     what is built; `n_trees`, `search_k` and `bits` are the common options spelled out.
+    Items are read and encoded in batches (ingest.py): memory does not grow with the collection,
+    and a build killed at any point resumes from its last finished batch when run again.
+    `update=True` keeps the items of the index at `out` whose files are unchanged (same path,
+    size and modification time), encodes only new and changed files, drops items whose files
+    are gone, and rebuilds the search structures from the stored codes.
     `on_step(name, fraction)` lets a caller (the app) show progress without tqdm.
     `wait=False` raises BuildBusyError at once when another build into `out` is running.
+    `batches` replaces the local decode-and-encode pipeline (`ingest.local_batches`), e.g. by Ray's.
     """
     step = on_step or (lambda name, frac: None)
     started = time.time()
@@ -80,28 +88,41 @@ def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLik
     with build_lock(out, wait=wait, on_wait=waiting):
         remove_leftovers(out)
         step("reading the collection", 0.0)
-        collection = data if isinstance(data, Collection) else load_collection(data, progress=progress)
+        source = source_of(data)
         model, info = load_checkpoint(model_path)
-        step("encoding", 0.3)
-        codes = encode_pixels(model, collection.pixels, progress=progress)
+        previous = Previous.of(out, source, info) if update else None
+        todo = source if previous is None else source.subset(previous.new_rows)
+        builds = builds_dir(out)
+        # One resumable work folder per set of inputs; an unfinished build with other inputs is abandoned.
+        work = builds / f"{todo.key(info['fingerprint'], batch_size)[:20]}.work"
+        for stale in builds.glob("*.work"):
+            if stale != work:
+                shutil.rmtree(stale, ignore_errors=True)
+        step("decoding and encoding", 0.05)
+        ingested = ingest(todo, model, work, batch_size=batch_size, progress=progress, batches=batches,
+                          on_step=lambda f: step("decoding and encoding", 0.05 + 0.5 * f))
+        del model  # the spaces need only the codes: free its memory for theirs
         options = {"code": {"n_trees": n_trees, "search_k": search_k}, **({"bits": {"bits": bits}} if bits else {}),
                    **(options or {})}
 
-        builds = builds_dir(out)
         # The random part keeps two builds started in the same second (or a retry after a crash) apart.
         build_dir = builds / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
         tmp_dir = build_dir.with_name(build_dir.name + ".partial")
         tmp_dir.mkdir()
         try:
-            np.save(tmp_dir / layout.CODES, codes)
-            np.save(tmp_dir / layout.PIXELS, collection.pixels)
-            np.save(tmp_dir / layout.LABELS, collection.labels)
-            (tmp_dir / layout.PATHS).write_text(json.dumps(collection.paths))
+            step("writing the item files", 0.55)
+            items, skipped = assemble(tmp_dir, work, todo, previous, source, ingested["batch_size"],
+                                      int(info["model_args"]["code_dim"]))
+            if items == 0:
+                raise CollectionError(f"{source.spec} holds no readable images ({len(skipped)} files skipped).")
             shutil.copyfile(model_path, tmp_dir / layout.MODEL)
+            # Memory-mapped: the spaces read the stores in passes, so a million items never sit in memory twice.
+            codes = np.load(tmp_dir / layout.CODES, mmap_mode="r")
+            pixels = np.load(tmp_dir / layout.PIXELS, mmap_mode="r")
             built, skipped_spaces, space_seconds = {}, {}, {}
-            shared = BuildInput(collection.pixels, codes, seed=seed, options=options)
+            shared = BuildInput(pixels, codes, seed=seed, options=options)
             for n, name in enumerate(names):
-                step(f"building the {name} space", 0.4 + 0.35 * n / len(names))
+                step(f"building the {name} space", 0.6 + 0.2 * n / len(names))
                 t = time.time()
                 try:
                     built[name] = SPACES[name].build(shared, tmp_dir, **options.get(name, {}))
@@ -110,28 +131,31 @@ def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLik
                 space_seconds[name] = round(time.time() - t, 2)
             map_seconds = None
             if maps:
-                step("mapping the collection in 2-D", 0.75)
+                step("mapping the collection in 2-D", 0.8)
                 t = time.time()
-                for space, xy in collection_maps(codes, collection.pixels, seed=seed).items():
+                for space, xy in collection_maps(codes, pixels, seed=seed).items():
                     np.save(tmp_dir / layout.map_file(space), xy)
                 map_seconds = round(time.time() - t, 2)
+            del codes, pixels, shared
             step("writing", 0.9)
             meta = {
                 "format": layout.FORMAT,
-                "items": len(codes),
-                "code_dim": int(codes.shape[1]),
+                "items": items,
+                "code_dim": int(info["model_args"]["code_dim"]),
                 "seed": seed,
                 "model": {"fingerprint": info["fingerprint"], "source": str(model_path),
                           "model_args": info["model_args"], "trained_on": info["trained_on"]},
-                "collection": collection.spec,
-                "classes": collection.classes,
-                "skipped": len(collection.skipped),
+                "collection": source.spec,
+                "classes": source.classes,
+                "skipped": len(skipped),
                 "preprocessing": PREPROCESSING,
                 "spaces": built,
                 "spaces_skipped": skipped_spaces,
                 "display": {"thumbnails": layout.PIXELS, "originals": f"{layout.PATHS} (null: no file of its own)"},
                 "built_at": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "build_seconds": None,
+                "ingest": ingested,
+                "update": previous.summary(items) if previous else None,
                 "space_seconds": space_seconds,
                 "maps": {"method": MAP_METHOD, "seconds": map_seconds} if maps else None,
                 "checksums": {p.name: {"bytes": p.stat().st_size, CHECKSUM: file_checksum(p)}
@@ -144,9 +168,107 @@ def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLik
             shutil.rmtree(tmp_dir, ignore_errors=True)
             raise
         _publish(build_dir, out)
+        shutil.rmtree(work, ignore_errors=True)  # published: nothing left to resume
     step("done", 1.0)
-    return {"index": str(out), "build_dir": str(build_dir), "items": len(codes), "skipped": collection.skipped,
-            "spaces": list(built), "spaces_skipped": skipped_spaces, "seconds": round(time.time() - started, 2)}
+    return {"index": str(out), "build_dir": str(build_dir), "items": items, "skipped": skipped,
+            "spaces": list(built), "spaces_skipped": skipped_spaces, "seconds": round(time.time() - started, 2),
+            "update": meta["update"]}
+
+
+class Previous:
+    """For `--update`: the live index at `out`, and which of the collection's files it already holds.
+
+    A file is unchanged when its path, size and modification time match the stored ones; its
+    pixels and code are reused. Everything else in the folder is new (or changed) and encoded.
+    """
+
+    def __init__(self, directory: Path, kept_old: np.ndarray, kept_rows: np.ndarray, new_rows: np.ndarray,
+                 changed: int, removed: int):
+        self.directory = directory
+        self.kept_old, self.kept_rows, self.new_rows = kept_old, kept_rows, new_rows  # old ids; source rows
+        self.changed, self.removed = changed, removed
+
+    @classmethod
+    def of(cls, out: Path, source, info: dict) -> "Previous":
+        if source.pixels is not None:
+            raise IndexLoadError("--update needs a folder of images (it compares files by path, size and "
+                                 "modification time); CIFAR-10 from torchvision is built whole.")
+        directory = resolve(out)
+        meta = read_meta(directory)
+        if meta["collection"] != source.spec:
+            raise IndexLoadError(f"The index at {out} was built from {meta['collection']}, not {source.spec}; "
+                                 "build it without --update.")
+        if meta["model"]["fingerprint"] != info["fingerprint"]:
+            raise IndexLoadError(f"The index at {out} was built by model {meta['model']['fingerprint']}, not "
+                                 f"{info['fingerprint']}; its codes cannot be reused: build it without --update.")
+        if layout.FILE_STATS not in meta["checksums"]:
+            raise IndexLoadError(f"The index at {out} records no file sizes and times (it was built by an earlier "
+                                 "version); build it once without --update.")
+        verify_checksums(directory, {"checksums": {k: v for k, v in meta["checksums"].items()
+                                                   if k in (layout.CODES, layout.PIXELS, layout.PATHS,
+                                                            layout.FILE_STATS)}}, out)
+        old_paths = json.loads((directory / layout.PATHS).read_text())
+        old_stats = np.load(directory / layout.FILE_STATS)
+        where = {p: i for i, p in enumerate(old_paths) if p is not None}
+        kept_old, kept_rows, new_rows, changed = [], [], [], 0
+        for row, (path, stat) in enumerate(zip(source.paths, source.stats)):
+            old = where.get(path)
+            if old is not None and (old_stats[old] == stat).all():
+                kept_old.append(old)
+                kept_rows.append(row)
+            else:
+                new_rows.append(row)
+                changed += old is not None
+        removed = len(old_paths) - len(kept_old) - changed
+        as_ids = lambda x: np.asarray(x, dtype=np.int64)
+        return cls(directory, as_ids(kept_old), as_ids(kept_rows), as_ids(new_rows), changed, removed)
+
+    def summary(self, items: int) -> dict:
+        return {"previous_build": self.directory.name, "unchanged": len(self.kept_old),
+                "added": len(self.new_rows) - self.changed, "changed": self.changed, "removed": self.removed,
+                "items": items}
+
+
+ROWS_PER_WRITE = 16384  # rows copied per block when item files are assembled: ~50 MB of pixels
+
+
+def assemble(tmp_dir: Path, work: Path, todo, previous: Previous | None, source, batch_size: int,
+             code_dim: int) -> tuple[int, list]:
+    """Write the per-item files (codes, pixels, labels, paths, file stats) into `tmp_dir`, row-aligned:
+    first the items kept from the previous index (in their old order), then the encoded batches'
+    readable items (in the collection's order). Returns (items, skipped files as (path, why))."""
+    n_batches = len(batch_rows(len(todo), batch_size))
+    readable, skipped = [], []
+    for b in range(n_batches):
+        with np.load(batch_file(work, b), allow_pickle=False) as f:  # only these two members are read
+            readable.append(f["ok"])
+            skipped += [(todo.paths[b * batch_size + i], why) for i, why in json.loads(str(f["errors"]))]
+    new_rows = np.flatnonzero(np.concatenate(readable)) if readable else np.empty(0, dtype=np.int64)
+    kept = len(previous.kept_old) if previous else 0
+    n = kept + len(new_rows)
+    rows = np.concatenate([previous.kept_rows, previous.new_rows[new_rows]]) if previous else new_rows
+    writers = {name: NpyWriter(tmp_dir / name, shape, dtype) for name, shape, dtype in (
+        (layout.CODES, (n, code_dim), np.float32), (layout.PIXELS, (n, 32, 32, 3), np.uint8),
+        (layout.LABELS, (n,), np.int64), (layout.FILE_STATS, (n, 2), np.int64))}
+    if previous:
+        old_codes = np.load(previous.directory / layout.CODES, mmap_mode="r")
+        old_pixels = np.load(previous.directory / layout.PIXELS, mmap_mode="r")
+        for s in range(0, kept, ROWS_PER_WRITE):
+            ids = previous.kept_old[s:s + ROWS_PER_WRITE]
+            writers[layout.CODES].write(old_codes[ids])
+            writers[layout.PIXELS].write(old_pixels[ids])
+        del old_codes, old_pixels
+    for b in range(n_batches):
+        batch = read_batch(work, b)
+        writers[layout.CODES].write(batch["codes"])
+        writers[layout.PIXELS].write(batch["pixels"])
+    for s in range(0, n, ROWS_PER_WRITE):
+        writers[layout.LABELS].write(source.labels[rows[s:s + ROWS_PER_WRITE]])
+        writers[layout.FILE_STATS].write(source.stats[rows[s:s + ROWS_PER_WRITE]])
+    for w in writers.values():
+        w.close()
+    (tmp_dir / layout.PATHS).write_text(json.dumps([source.paths[i] for i in rows]))
+    return n, skipped
 
 
 def builds_dir(out: Path) -> Path:
@@ -222,7 +344,8 @@ def prune(builds: Path, protect: list, keep: int = 2, grace: float = PRUNE_GRACE
     link to it just before a swap may still be loading it (Linux keeps files that are already open alive)."""
     keep_set = {Path(p).resolve() for p in protect if p is not None}
     others = [p for p in builds.iterdir()
-              if p.is_dir() and not p.is_symlink() and not p.name.endswith(".partial") and p.resolve() not in keep_set]
+              if p.is_dir() and not p.is_symlink() and not p.name.endswith((".partial", ".work"))
+              and p.resolve() not in keep_set]
     others.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     now, removed = time.time(), []
     for old in others[max(keep - len(keep_set), 0):]:

@@ -9,6 +9,8 @@ Row i of every per-item file is item i (and Annoy id i, and Milvus primary key i
     pixels.npy      (N, 32, 32, 3) uint8: pixel-space search, and each item's thumbnail
     labels.npy      (N,) int64 class index into meta["classes"], -1 where unknown
     paths.json      N entries: the item's own file, or null (CIFAR-10 items live in an archive)
+    file_stats.npy  (N, 2) int64: each file's size and modification time (ns) when it was read, so
+                    `build-index --update` re-encodes only new and changed files (zeros: no file)
     map_code.npy, map_pixel.npy   (N, 2) float32: 2-D maps of code and pixel space (optional)
 
 and each space's own files, named below.
@@ -22,6 +24,7 @@ CODES = "codes.npy"
 PIXELS = "pixels.npy"
 LABELS = "labels.npy"
 PATHS = "paths.json"
+FILE_STATS = "file_stats.npy"
 
 PIXEL_BOUND = "pixel_bound.npz"  # pixel space: PCA projection for the lower bound that prunes the exact scan
 PCA = "pca.npz"  # pca space: mean, components and the projected collection

@@ -80,7 +80,8 @@ class ConvAutoEncoder(nn.Module):
 
 def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
     """(B, 32, 32, 3) uint8 -> (B, 3, 32, 32) float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float().div_(255.0)
+    # torch.tensor copies: the pixels may be a read-only memory map (an index's store), which from_numpy refuses
+    return torch.tensor(np.asarray(pixels, dtype=np.uint8)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def tensor_to_pixels(x: torch.Tensor) -> np.ndarray:

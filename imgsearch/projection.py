@@ -21,10 +21,15 @@ PIXEL_PCA = 64  # pixels are reduced to this many components before the map is m
 MIN_TSNE = 10
 
 
-def _normalise(x: np.ndarray) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    t = t - t.mean(0)
-    return torch.nn.functional.normalize(t, dim=1)
+def _normalise(x: np.ndarray, chunk: int = 65536) -> torch.Tensor:
+    """Centred, unit-length rows as one float32 tensor, filled chunk by chunk: x may be a read-only
+    memory map of a million rows, which must not be copied whole more than once."""
+    mean = sum(np.asarray(x[s:s + chunk], dtype=np.float64).sum(0) for s in range(0, len(x), chunk)) / max(len(x), 1)
+    out = torch.empty(x.shape, dtype=torch.float32)
+    for s in range(0, len(x), chunk):
+        block = torch.from_numpy(np.asarray(x[s:s + chunk], dtype=np.float64) - mean).float()
+        out[s:s + chunk] = torch.nn.functional.normalize(block, dim=1)
+    return out
 
 
 def landmark_tsne(features: np.ndarray, *, landmarks: int = LANDMARKS, seed: int = 0) -> np.ndarray:

@@ -27,7 +27,7 @@ def test_meta_describes_the_index(index_dir, collection, checkpoint):
     assert len(meta["model"]["fingerprint"]) == 16 and meta["preprocessing"]["size"] == 32
     files = {p.name for p in resolve(index_dir).iterdir()}
     assert files == {"meta.json", "model.pt", "codes.npy", "codes.ann", "pixels.npy", "labels.npy", "paths.json",
-                     "map_code.npy", "map_pixel.npy", "pixel_bound.npz", "pca.npz", "bits.npz"}
+                     "file_stats.npy", "map_code.npy", "map_pixel.npy", "pixel_bound.npz", "pca.npz", "bits.npz"}
     assert files >= {f for s in meta["spaces"].values() for f in s["files"]}
 
 

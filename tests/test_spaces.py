@@ -11,7 +11,7 @@ from imgsearch.knn import BruteForce, topk_ties_by_id
 from imgsearch.pca import fit_pca
 from imgsearch.search import Index
 from imgsearch.spaces import SPACES, BuildInput, LoadInput, Query, Space, register_space
-from imgsearch.spaces.bits import binarise, fit_binariser, hamming, word_major
+from imgsearch.spaces.bits import binarise, fit_binariser, hamming, hamming_topk, word_major
 from imgsearch.spaces.pixel import PixelSpace, squared_distances
 
 
@@ -28,6 +28,21 @@ def test_hamming_counts_the_differing_bits():
     q = many[7] ^ np.uint64(5)
     full = [sum(bin(int(a) ^ int(b)).count("1") for a, b in zip(row, q)) for row in many]
     assert hamming(word_major(many), q, chunk=300).tolist() == full
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_fused_hamming_top_k_is_the_full_scans(threads):
+    rng = np.random.default_rng(1)
+    few_values = rng.integers(0, 4, (5000, 2), dtype=np.uint64)  # distances 0-4: ties everywhere
+    spread = rng.integers(0, 2**63, (5000, 4), dtype=np.uint64)
+    for words in (few_values, spread):
+        columns = word_major(words)
+        for q in (words[0], words[4321] ^ np.uint64(6)):
+            full = hamming(columns, q)
+            for k in (1, 10, 100, 5000, 6000):
+                ids, d = hamming_topk(columns, q, k, chunk=300, threads=threads)
+                assert ids.tolist() == topk_ties_by_id(full, k).tolist()
+                assert d.tolist() == full[ids].tolist()
 
 
 def test_ties_are_broken_by_the_smaller_id():

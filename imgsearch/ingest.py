@@ -1,0 +1,230 @@
+"""Stage one of a build: a collection's files -> pixels and codes, in batches written as they finish.
+
+A million decoded images do not belong in memory, and a build killed after an hour must not
+start over. So a build reads, decodes and encodes in fixed batches: batch b is items
+b*batch_size ... (b+1)*batch_size - 1 of the collection's sorted file list, and each finished
+batch is one file in the build's work folder, written under a temporary name and then renamed.
+Run again with the same arguments, a build finds its work folder by a key (the file list with
+sizes and modification times, the model, the batch size) and skips the finished batches. Every
+batch is encoded exactly as a clean build would encode it, so a resumed build's codes are the
+clean build's, bit for bit.
+
+Decoding (Pillow) runs in a separate process while this one encodes (torch): on two cores they
+take about as long per image each, so overlapping them nearly halves a build.
+
+`Source` is what a build reads: the files of a folder (with their sizes and modification times,
+which let `--update` tell new and changed files from the rest), or pixels already in memory
+(CIFAR-10 from torchvision, a `Collection` handed over by a caller).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .data import Collection, CollectionError, OFFLINE_HINT
+from .images import ImageError, to_pixels
+from .model import encode_pixels
+
+BATCH = 4096  # items per batch: the unit a killed build resumes from (~1.5 s of work, 12 MB of pixels)
+DECODERS = 1  # decoding processes beside the encoder: on 2 cores one decoder and torch's threads balance
+PREFETCH = 2  # batches decoded ahead of the encoder: enough to hide a slow file, little memory
+
+
+@dataclass
+class Source:
+    """The items a build reads, in order; row i of every array is item i (before unreadable files are skipped)."""
+    spec: str  # what meta.json calls the collection: "cifar10", or a folder's absolute path
+    classes: list[str]
+    labels: np.ndarray  # (n,) int64, -1 where unknown
+    paths: list  # (n,) the item's file, or None for items without one (CIFAR-10's archive)
+    stats: np.ndarray  # (n, 2) int64: file size and modification time (ns); zeros for in-memory items
+    pixels: np.ndarray | None = None  # (n, 32, 32, 3) uint8 when the items are already decoded
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, rows: np.ndarray) -> "Source":
+        return Source(self.spec, self.classes, self.labels[rows], [self.paths[i] for i in rows], self.stats[rows],
+                      None if self.pixels is None else self.pixels[rows])
+
+    def key(self, *parts) -> str:
+        """A fingerprint of the items (and of `parts`): a work folder belongs to exactly one set of inputs."""
+        h = hashlib.sha256(json.dumps([self.spec, self.classes, *parts]).encode())
+        h.update(self.labels.tobytes())
+        h.update(self.stats.tobytes())
+        h.update("\0".join(p or "" for p in self.paths).encode())
+        if self.pixels is not None:
+            h.update(np.ascontiguousarray(self.pixels).data)
+        return h.hexdigest()
+
+
+def from_collection(collection: Collection) -> Source:
+    n = len(collection)
+    return Source(collection.spec, list(collection.classes), np.asarray(collection.labels, dtype=np.int64),
+                  list(collection.paths), np.zeros((n, 2), dtype=np.int64), collection.pixels)
+
+
+def scan_folder(root: str | os.PathLike) -> Source:
+    """Every file under `root` (hidden ones excepted), sorted; the first subfolder under root names the class.
+
+    Only names and sizes are read here: whether a file is an image is learnt when it is decoded,
+    and a file that is not is skipped then.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise CollectionError(f"{root} is not a folder; use --data cifar10 or a folder of images "
+                              f"(offline: --data {OFFLINE_HINT}).")
+    base = str(root.resolve())
+    paths, stats, tops = [], [], []
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel = os.path.relpath(dirpath, base)
+        top = None if rel == "." else rel.split(os.sep)[0]
+        for name in sorted(f for f in filenames if not f.startswith(".")):
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue  # vanished or unreadable between listing and stat: not part of this build
+            paths.append(path)
+            stats.append((st.st_size, st.st_mtime_ns))
+            tops.append(top)
+    classes = sorted({t for t in tops if t is not None})
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.array([index[t] if t is not None else -1 for t in tops], dtype=np.int64)
+    return Source(base, classes, labels, paths, np.array(stats, dtype=np.int64).reshape(-1, 2))
+
+
+def source_of(data: str | Collection) -> Source:
+    """A build's --data: "cifar10", "cifar10:test", a folder, or a Collection already in memory."""
+    if isinstance(data, Collection):
+        return from_collection(data)
+    if data.startswith("cifar10") and not Path(data).exists():
+        from .data import load_collection
+        return from_collection(load_collection(data))
+    return scan_folder(data)
+
+
+def decode_files(paths: list[str]) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """(pixels (n, 32, 32, 3) uint8, readable (n,) bool, [(row, why) for each unreadable file])."""
+    pixels = np.zeros((len(paths), 32, 32, 3), dtype=np.uint8)
+    ok = np.zeros(len(paths), dtype=bool)
+    errors = []
+    for i, p in enumerate(paths):
+        try:
+            pixels[i] = to_pixels(p)
+            ok[i] = True
+        except ImageError as e:
+            errors.append((i, str(e)))
+    return pixels, ok, errors
+
+
+def batch_file(work: Path, b: int) -> Path:
+    return work / f"batch-{b:06d}.npz"
+
+
+def batch_rows(n: int, batch_size: int) -> list[range]:
+    return [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+
+
+def local_batches(source: Source, model, todo: list[int], batch_size: int, workers: int = DECODERS):
+    """Yield (batch number, readable (n,) bool, errors, pixels of the readable items, their codes) for each batch
+    in `todo`, decoding ahead in `workers` processes while this process encodes."""
+    rows = batch_rows(len(source), batch_size)
+    if source.pixels is not None:  # already decoded: encoding is all there is to do
+        for b in todo:
+            px = np.ascontiguousarray(source.pixels[rows[b].start:rows[b].stop])
+            yield b, np.ones(len(px), dtype=bool), [], px, encode_pixels(model, px)
+        return
+    if len(todo) <= 1:  # nothing to overlap with: a decoding process would only cost its start-up
+        for b in todo:
+            pixels, ok, errors = decode_files(source.paths[rows[b].start:rows[b].stop])
+            px = np.ascontiguousarray(pixels[ok])
+            yield b, ok, errors, px, encode_pixels(model, px)
+        return
+    # spawn, not fork: a forked copy of a process that holds torch's thread pool can hang
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending, queue = deque(), iter(todo)
+
+        def submit():
+            b = next(queue, None)
+            if b is not None:
+                pending.append((b, pool.submit(decode_files, source.paths[rows[b].start:rows[b].stop])))
+
+        for _ in range(PREFETCH + workers):
+            submit()
+        while pending:
+            b, future = pending.popleft()
+            pixels, ok, errors = future.result()
+            submit()
+            px = np.ascontiguousarray(pixels[ok])
+            yield b, ok, errors, px, encode_pixels(model, px)
+
+
+def ingest(source: Source, model, work: Path, *, batch_size: int = BATCH, progress: bool = True,
+           on_step=None, batches=None) -> dict:
+    """Decode and encode every batch of `source` not yet in `work`; return what was done.
+
+    `batches(source, model, todo, batch_size)` replaces the local pipeline (the Ray one yields the same tuples).
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    for leftover in work.glob(".*.tmp"):  # a batch file a killed build was writing
+        leftover.unlink(missing_ok=True)
+    n_batches = len(batch_rows(len(source), batch_size))
+    todo = [b for b in range(n_batches) if not batch_file(work, b).exists()]
+    done_before = n_batches - len(todo)
+    produce = batches or local_batches
+    bar = tqdm(total=len(source), desc="decoding and encoding", unit="img", disable=not progress,
+               mininterval=0.5, initial=min(done_before * batch_size, len(source)))
+    for i, (b, ok, errors, px, codes) in enumerate(produce(source, model, todo, batch_size)):
+        path = batch_file(work, b)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, ok=ok, pixels=px, codes=codes,
+                     errors=np.array(json.dumps(errors)))  # a JSON string: no pickled objects in a work file
+        os.replace(tmp, path)  # a batch file exists only once it is whole
+        bar.update(len(ok))
+        if on_step:
+            on_step((done_before + i + 1) / n_batches)
+    bar.close()
+    return {"batches": n_batches, "resumed_batches": done_before, "batch_size": batch_size,
+            "items_read": sum(len(batch_rows(len(source), batch_size)[b]) for b in todo)}
+
+
+def read_batch(work: Path, b: int) -> dict:
+    with np.load(batch_file(work, b), allow_pickle=False) as f:
+        out = {k: f[k] for k in ("ok", "pixels", "codes")}
+        out["errors"] = json.loads(str(f["errors"]))
+    return out
+
+
+class NpyWriter:
+    """An .npy file written row block by row block, its final shape known up front: nothing is held in
+    memory, and no page of it is mapped into the writer (a memory map's written pages count as the
+    process's resident memory until they are flushed)."""
+
+    def __init__(self, path: Path, shape: tuple, dtype):
+        self.path, self.shape, self.dtype = path, tuple(shape), np.dtype(dtype)
+        self.f = open(path, "wb")
+        np.lib.format.write_array_header_1_0(self.f, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                      "fortran_order": False, "shape": self.shape})
+        self.rows = 0
+
+    def write(self, block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        assert block.shape[1:] == self.shape[1:], (block.shape, self.shape)
+        self.f.write(block.data)
+        self.rows += len(block)
+
+    def close(self) -> None:
+        self.f.close()
+        assert self.rows == self.shape[0], f"{self.path.name}: {self.rows} rows written, {self.shape[0]} declared"

@@ -1,0 +1,173 @@
+"""Streaming, resumable and incremental builds (ingest.py, build_index(update=True)) on small folders."""
+import json
+import os
+import subprocess
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_image, write_collection
+from imgsearch import layout
+from imgsearch.data import load_folder
+from imgsearch.index import IndexLoadError, assemble, build_index, read_meta, resolve
+from imgsearch.ingest import ingest, scan_folder
+from imgsearch.model import load_checkpoint
+
+
+def stores(out) -> dict:
+    d = resolve(out)
+    return {"codes": np.load(d / layout.CODES), "pixels": np.load(d / layout.PIXELS),
+            "labels": np.load(d / layout.LABELS), "paths": json.loads((d / layout.PATHS).read_text())}
+
+
+def by_path(s: dict) -> dict:
+    return {p: (s["codes"][i], s["pixels"][i], s["labels"][i]) for i, p in enumerate(s["paths"])}
+
+
+def test_a_folder_built_in_batches_equals_the_folder_read_whole(tmp_path, collection_dir, checkpoint):
+    # batches of 16: several batches, so decoding runs in its own process beside the encoder
+    build_index(str(collection_dir), checkpoint, tmp_path / "batched", batch_size=16, maps=False, progress=False)
+    build_index(load_folder(collection_dir, progress=False), checkpoint, tmp_path / "whole", maps=False,
+                progress=False)
+    a, b = stores(tmp_path / "batched"), stores(tmp_path / "whole")
+    assert a["paths"] == b["paths"] and len(a["paths"]) == 60
+    assert (a["pixels"] == b["pixels"]).all() and (a["labels"] == b["labels"]).all()
+    assert np.allclose(a["codes"], b["codes"], atol=1e-5)
+    meta = read_meta(tmp_path / "batched")
+    assert meta["ingest"] == {"batches": 4, "resumed_batches": 0, "batch_size": 16, "items_read": 60}
+    assert not list((tmp_path / "batched.builds").glob("*.work"))  # published: the work folder is gone
+
+
+KILLED_BUILD = """
+import os, signal, sys
+from imgsearch import ingest, index
+real = ingest.local_batches
+def dies_after(stop):
+    def batches(*args, **kw):
+        for i, batch in enumerate(real(*args, **kw)):
+            if i == stop:
+                os.kill(os.getpid(), signal.SIGKILL)  # no clean-up of any kind, as a power cut
+            yield batch
+    return batches
+index.build_index(sys.argv[1], sys.argv[2], sys.argv[3], batch_size=8, maps=False, progress=False,
+                  batches=dies_after(int(sys.argv[4])))
+"""
+
+
+def test_a_killed_build_resumes_from_its_last_batch_and_ends_as_a_clean_build(tmp_path, collection_dir, checkpoint):
+    out = tmp_path / "index"
+    killed = subprocess.run([sys.executable, "-c", KILLED_BUILD, str(collection_dir), str(checkpoint), str(out), "3"])
+    assert killed.returncode == -9 and not out.exists()  # nothing published
+    work = list((tmp_path / "index.builds").glob("*.work"))
+    assert len(work) == 1 and len(list(work[0].glob("batch-*.npz"))) == 3
+
+    summary = build_index(str(collection_dir), checkpoint, out, batch_size=8, maps=False, progress=False)
+    meta = read_meta(out)
+    assert meta["ingest"]["resumed_batches"] == 3 and meta["ingest"]["items_read"] == 60 - 3 * 8
+    build_index(str(collection_dir), checkpoint, tmp_path / "clean", batch_size=8, maps=False, progress=False)
+    assert summary["items"] == 60
+    for name in (layout.CODES, layout.PIXELS, layout.LABELS, layout.PATHS):  # bit for bit
+        assert meta["checksums"][name] == read_meta(tmp_path / "clean")["checksums"][name], name
+
+
+def test_a_build_with_other_inputs_does_not_resume_a_stale_work_folder(tmp_path, collection_dir, checkpoint):
+    out = tmp_path / "index"
+    subprocess.run([sys.executable, "-c", KILLED_BUILD, str(collection_dir), str(checkpoint), str(out), "2"])
+    build_index(str(collection_dir), checkpoint, out, batch_size=16, maps=False, progress=False)  # other batches
+    assert read_meta(out)["ingest"]["resumed_batches"] == 0
+    assert not list((tmp_path / "index.builds").glob("*.work"))
+
+
+def touch_later(path):
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+
+
+def test_update_encodes_only_new_and_changed_files(tmp_path, checkpoint):
+    data = write_collection(tmp_path / "data", per_class=10)
+    out = tmp_path / "index"
+    build_index(str(data), checkpoint, out, batch_size=8, maps=False, progress=False)
+    for i in range(3):  # three new images, one in a new class
+        folder = data / ("blue" if i < 2 else "purple")
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(make_image(i % 3, seed=900 + i)).save(folder / f"new{i}.png")
+    Image.fromarray(make_image(0, seed=777)).save(data / "red" / "000.png")  # changed content
+    touch_later(data / "red" / "000.png")
+    (data / "green" / "001.png").unlink()
+    (data / "green" / "002.png").unlink()
+
+    summary = build_index(str(data), checkpoint, out, update=True, batch_size=8, maps=False, progress=False)
+    u = read_meta(out)["update"]
+    assert (u["added"], u["changed"], u["removed"], u["unchanged"], u["items"]) == (3, 1, 2, 27, 31)
+    assert summary["update"] == u and read_meta(out)["ingest"]["items_read"] == 4  # only new and changed ones
+    assert read_meta(out)["classes"] == ["blue", "green", "purple", "red"]
+
+    build_index(str(data), checkpoint, tmp_path / "clean", maps=False, progress=False)
+    updated, clean = by_path(stores(out)), by_path(stores(tmp_path / "clean"))
+    assert updated.keys() == clean.keys() and len(updated) == 31
+    for path, (code, pixels, label) in clean.items():
+        assert np.allclose(updated[path][0], code, atol=1e-5) and (updated[path][1] == pixels).all()
+        assert updated[path][2] == label, path  # labels follow the new class list
+    assert str(data / "red" / "000.png") in updated  # re-encoded: its pixels are the new picture's
+    assert (updated[str(data / "red" / "000.png")][1] == np.asarray(Image.open(data / "red" / "000.png"))).all()
+
+
+def test_update_without_changes_reencodes_nothing(tmp_path, collection_dir, checkpoint):
+    out = tmp_path / "index"
+    build_index(str(collection_dir), checkpoint, out, maps=False, progress=False)
+    build_index(str(collection_dir), checkpoint, out, update=True, maps=False, progress=False)
+    meta = read_meta(out)
+    assert meta["update"]["unchanged"] == 60 and meta["ingest"]["items_read"] == 0
+    assert meta["update"]["added"] == meta["update"]["removed"] == meta["update"]["changed"] == 0
+
+
+@pytest.mark.parametrize("other, words", [("collection", "was built from"), ("model", "its codes cannot be reused")])
+def test_update_refuses_another_collection_or_model(tmp_path, collection_dir, checkpoint, other, words):
+    from conftest import tiny_checkpoint
+
+    out = tmp_path / "index"
+    build_index(str(collection_dir), checkpoint, out, maps=False, progress=False)
+    data, model = collection_dir, checkpoint
+    if other == "collection":
+        data = write_collection(tmp_path / "other", per_class=2)
+    else:
+        model = tiny_checkpoint(tmp_path / "other.pt", seed=5)
+    with pytest.raises(IndexLoadError, match=words):
+        build_index(str(data), model, out, update=True, maps=False, progress=False)
+
+
+def test_update_of_an_index_without_file_stats_says_to_rebuild(tmp_path, collection_dir, checkpoint):
+    out = tmp_path / "index"
+    build_index(str(collection_dir), checkpoint, out, maps=False, progress=False)
+    meta_path = resolve(out) / layout.META
+    meta = json.loads(meta_path.read_text())
+    del meta["checksums"][layout.FILE_STATS]  # as an index of the previous version records it
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(IndexLoadError, match="without --update"):
+        build_index(str(collection_dir), checkpoint, out, update=True, maps=False, progress=False)
+
+
+def ingest_peak(root, checkpoint, work, batch_size) -> int:
+    """Peak traced memory of reading, encoding and writing the item files of a folder."""
+    source = scan_folder(root)
+    model, info = load_checkpoint(checkpoint)
+    (work / "out").mkdir(parents=True)
+    tracemalloc.start()
+    try:
+        ingest(source, model, work / "batches", batch_size=batch_size, progress=False)
+        assemble(work / "out", work / "batches", source, None, source, batch_size, 64)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_memory_stays_flat_when_the_collection_grows(tmp_path, checkpoint):
+    small = write_collection(tmp_path / "small", per_class=40)  # 120 images
+    large = write_collection(tmp_path / "large", per_class=200)  # 600 images: 1.8 MB of pixels
+    peaks = [ingest_peak(root, checkpoint, tmp_path / root.name, batch_size=30) for root in (small, large)]
+    assert peaks[1] < 1.3 * peaks[0], peaks  # five times the images, not five times the memory
+    assert peaks[1] < 600 * 3072  # less than the large collection's pixels alone
