@@ -7,35 +7,33 @@ Visitors are not trusted (README, "Security"): they see sentences, collection na
 paths, never the server's folders, and can build an index only when the operator starts the
 server with IMGSEARCH_BUILD_ROOT=DIR, and then only from folders inside DIR.
 """
+from __future__ import annotations
+
 import os
 import re
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import altair as alt
 import numpy as np
-import pandas as pd
 import streamlit as st
 
-from imgsearch.data import CollectionError
-from imgsearch.evaluate import REPRESENTATIONS
-from imgsearch.explore import map_highlights, map_points
-from imgsearch.images import ImageError, upscale
-from imgsearch.index import (DEFAULT_CHECKPOINT, DEFAULT_INDEX, BuildBusyError, IndexLoadError, build_index, read_meta,
-                             resolve)
-from imgsearch.model import CheckpointError
-from imgsearch.quality import ReportError, disagreements, load_evaluation
-from imgsearch.search import Index
-from imgsearch.spaces import DEFAULT_SPACES
+from imgsearch.data import DATA_DIR
+from imgsearch.images import ImageError
 
-INDEX_DIR = os.environ.get("IMGSEARCH_INDEX", str(DEFAULT_INDEX))
+# The rest of the package imports torch, which takes seconds on a cold server: the page draws its upload
+# widget first and imports the package after it (in main and the functions it calls), so a first visitor
+# sees the page while the model and the index load.
+if TYPE_CHECKING:
+    from imgsearch.search import Index
+
+INDEX_DIR = os.environ.get("IMGSEARCH_INDEX", str(DATA_DIR / "index"))
 BUILD_ROOT = os.environ.get("IMGSEARCH_BUILD_ROOT") or None  # unset: the page cannot build
 # Session keys that hold item ids, classes or space names of one build: cleared when the index is swapped.
 INDEX_STATE = ("query", "item_number", "pick_class", "spaces", "map_code", "map_pixel", "quality_class",
                "quality_first", "quality_second")
 ABSOLUTE_PATH = re.compile(r"(?<![\w.~/-])/[^\s`'\"()\[\]{},;]*")
-MATCH = (34, 160, 70)  # frame colour of a result that shares the query's class
 VIEWS = ("Search", "Map", "Quality")
 MAX_COLUMNS = 4  # spaces side by side; more would shrink each grid below a readable size
 
@@ -43,11 +41,22 @@ MAX_COLUMNS = 4  # spaces side by side; more would shrink each grid below a read
 @st.cache_resource(show_spinner="Loading the model and the index…", max_entries=1)
 def load_index(build_dir: str) -> Index:
     """Keyed by the build directory the index link points at, so a rebuild is picked up on the next run."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from imgsearch.search import Index
+
+    # A query is one image: extra threads only spin against each other, against other visitors' queries
+    # and against the browser on a small machine (measured: code-space queries 5x faster under load).
+    torch.set_num_threads(1)
+    threadpool_limits(1)
     return Index.load(build_dir)
 
 
 @st.cache_data(show_spinner="Searching this class's images in every space…", max_entries=32)
 def class_disagreements(build_dir: str, label: str, first: str, second: str):
+    from imgsearch.quality import disagreements
+
     return disagreements(load_index(build_dir), label, first=first, second=second)
 
 
@@ -100,6 +109,10 @@ def build_ui(reason: str) -> None:
                    "`imgsearch build-index`, or allow building from the folders inside one directory by "
                    "starting the server with IMGSEARCH_BUILD_ROOT=DIR.")
         return
+    from imgsearch.data import CollectionError
+    from imgsearch.index import DEFAULT_CHECKPOINT, BuildBusyError, build_index
+    from imgsearch.model import CheckpointError
+
     root = Path(BUILD_ROOT).resolve()
     typed = st.text_input("Folder of images to index, inside the build root", value=".", key="build_data",
                           help="Class subfolders give labels; `.` is the build root itself.")
@@ -124,11 +137,10 @@ def build_ui(reason: str) -> None:
         st.rerun()
 
 
-def sidebar_ui(index: Index) -> str:
-    """The index's description; returns the chosen view."""
+def sidebar_ui(index: Index) -> None:
+    """The index's description, below the view switch (drawn before the index loaded, in main)."""
     m = index.meta
     with st.sidebar:
-        view = st.radio("View", VIEWS, key="view", horizontal=True)
         st.header("Index")
         st.markdown(
             f"- **{m['items']:,}** images from `{collection_name(m['collection'])}`\n"
@@ -140,7 +152,6 @@ def sidebar_ui(index: Index) -> str:
         st.markdown("**Spaces**\n\n" + "\n".join(f"- **{name}**: {space.description}" + settings_note(m["spaces"][name]["settings"])
                                for name, space in index.spaces.items()))
         st.caption(f"Index directory: `{shown_path(INDEX_DIR)}`")
-    return view
 
 
 def settings_note(settings: dict) -> str:
@@ -151,6 +162,8 @@ def settings_note(settings: dict) -> str:
 
 def spaces_ui(index: Index) -> list[str]:
     """Which spaces to compare, side by side (two to four)."""
+    from imgsearch.spaces import DEFAULT_SPACES
+
     default = [s for s in DEFAULT_SPACES if s in index.spaces]
     chosen = st.multiselect("Spaces to compare", list(index.spaces), default=default, key="spaces",
                             max_selections=MAX_COLUMNS, format_func=lambda s: index.spaces[s].title,
@@ -182,24 +195,23 @@ def ask_random(label: str | None = None) -> None:
     st.session_state.random_pick = {"label": label}
 
 
-def query_ui(index: Index):
-    """Upload or pick from the collection; returns the current query (an item id or an upload) or None."""
-    rng = np.random.default_rng()
+def upload_ui(col) -> None:
+    """The upload widget: it needs no index, so it is drawn before the index loads."""
+    with col:
+        st.file_uploader("Upload an image", key="upload", type=["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"],
+                         on_change=lambda: st.session_state.update(query="upload"))
+
+
+def pick_ui(col, index: Index):
+    """Pick from the collection; returns the current query (an item id or an upload) or None."""
     pick = st.session_state.pop("random_pick", None)
     if pick is not None:
         label = pick["label"] if pick["label"] in index.classes else None
         if label is not None and not len(index.items_of(label)):
             label = None  # a class the rebuilt collection no longer has
-        set_query(index.random_item(rng, label))
+        set_query(index.random_item(np.random.default_rng(), label))
         st.session_state.collection_changed = False
-    if st.session_state.pop("collection_changed", False):
-        st.info("The collection changed (the index was rebuilt), so the previous query was cleared; pick a new one.")
-    upload_col, pick_col = st.columns(2)
-    with upload_col:
-        upload = st.file_uploader("Upload an image", key="upload",
-                                  type=["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"],
-                                  on_change=lambda: st.session_state.update(query="upload"))
-    with pick_col:
+    with col:
         st.markdown("**…or pick one from the collection**")
         a, b, c = st.columns([1, 1.4, 1.2])
         a.button("Random", key="random", on_click=ask_random)
@@ -208,67 +220,118 @@ def query_ui(index: Index):
             b.button(f"Random {label}", key="random_class", on_click=ask_random, args=(label,))
         c.number_input("Item number", 0, len(index) - 1, key="item_number", step=1,
                        on_change=lambda: st.session_state.update(query=int(st.session_state.item_number)))
+    if st.session_state.pop("collection_changed", False):
+        st.info("The collection changed (the index was rebuilt), so the previous query was cleared; pick a new one.")
     query = st.session_state.get("query")
     if query == "upload":
-        return upload  # None after the upload is cleared
+        return st.session_state.get("upload")  # None after the upload is cleared
     return query
 
 
 def query_view_ui(index: Index, pixels: np.ndarray, query_label: str | None, caption: str) -> None:
     """The query large, the 32x32 version the search used, and what the code (and PCA) keep of it."""
+    from imgsearch.explore import pictures_html
+
+    shown = [(pixels, caption, 224), (pixels, "32×32, as searched", 32),
+             (index.reconstruct(pixels), f"Auto-encoder: rebuilt from its {index.meta['code_dim']}-d code", 160)]
     pca = index.spaces.get("pca")
-    cols = st.columns([2, 1, 2, 2] if pca else [2, 1, 2])
-    cols[0].image(upscale(pixels, 256), caption=caption)
-    cols[1].image(pixels, caption="32×32, as searched")
-    cols[2].image(upscale(index.reconstruct(pixels), 256),
-                  caption=f"Auto-encoder: rebuilt from its {index.meta['code_dim']}-d code")
     if pca:
-        cols[3].image(upscale(pca.reconstruct(pixels), 256), caption=f"PCA: rebuilt from {pca.pca.n_components} components")
+        shown.append((pca.reconstruct(pixels), f"PCA: rebuilt from {pca.pca.n_components} components", 160))
+    st.html(pictures_html(shown))
     if query_label:
         st.markdown(f"Query class: **{query_label}**")
 
 
-def results_ui(index: Index, hits, space: str, query_label: str | None, matches: int | None, per_row: int) -> None:
-    title = index.spaces[space].title
-    header = f"{title}: {matches}/{len(hits)} share the query's class" if matches is not None else title
-    st.subheader(header)
-    fmt = index.spaces[space].format_distance
-    for row in range(0, len(hits), per_row):
-        cols = st.columns(per_row)
-        for col, rank in zip(cols, range(row, min(row + per_row, len(hits)))):
-            hit = hits[rank]
-            same = query_label is not None and hit.label == query_label
-            with col:
-                st.image(upscale(index.thumbnail(hit.id), 96, frame=MATCH if same else None),
-                         caption=f"{'✓ ' if same else ''}#{rank + 1} · {hit.label or 'unlabelled'} · d={fmt(hit.distance)}")
-                st.button("more like this", key=f"more_{space}_{rank}", on_click=set_query, args=(hit.id,))
+def more_like(space: str, ids: list[int]) -> None:
+    """A "more like this" pill: its hit becomes the query, and the pill is released for the next click."""
+    rank = st.session_state.get(f"more_{space}")
+    st.session_state[f"more_{space}"] = None
+    if rank is not None:
+        set_query(ids[rank])
 
 
-def map_chart(index: Index, space: str, query_id, neighbour_ids) -> alt.LayerChart:
-    """Every item a dot coloured by class; the query (star) and its neighbours drawn on top."""
-    points = map_points(index, space)
-    marked = map_highlights(index, points, query_id, neighbour_ids)
+def results_ui(index: Index, results, spaces: list[str], query_label: str | None) -> None:
+    """Every space's top-k as one picture grid (side by side; rank by rank on a phone), then a row of
+    "more like this" pills per space: one element each instead of a picture and a button per hit."""
+    from imgsearch.explore import results_html
+
+    matches = results.agreement(query_label) or {}
+    columns = []
+    for space in spaces:
+        title, hits = index.spaces[space].title, results.hits[space]
+        header = f"{title}: {matches[space]}/{len(hits)} share the query's class" if space in matches else title
+        columns.append((header, hits, index.spaces[space].format_distance))
+    per_row = 5 if len(spaces) <= 2 else 3  # keep thumbnails large enough to see when more spaces share the width
+    st.html(results_html(columns, index.thumbnail, query_label, per_row))
+    for col, space in zip(st.columns(len(spaces), gap="large"), spaces):
+        hits = results.hits[space]
+        col.pills(f"More like this: {index.spaces[space].title.lower()} result", list(range(len(hits))), key=f"more_{space}",
+                  format_func=lambda r: f"#{r + 1}", on_change=more_like, args=(space, [h.id for h in hits]))
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def map_background(build_dir: str, space: str, limit: int):
+    """The bounded sample every query's map is drawn on: the same dots for every query of one build."""
+    from imgsearch.explore import map_points
+
+    return map_points(load_index(build_dir), space, limit)
+
+
+def map_chart(index: Index, space: str, query_id, neighbour_ids, limit: int):
+    """A sample of the collection as faint dots coloured by class; on top, a few sampled points with pictures,
+    the query's neighbours (black-edged diamonds) and the query (a large black cross)."""
+    import altair as alt
+
+    from imgsearch.explore import map_highlights
+
+    points = map_background(str(index.path), space, limit)
+    marked = map_highlights(index, space, query_id, neighbour_ids, background=points["id"].to_numpy())
+    classes = list(points["label"].cat.categories)
     pick = alt.selection_point(name="pick", fields=["id"], on="click")
-    colour = alt.Color("label:N", legend=alt.Legend(title="class", orient="bottom", columns=5))
+    colour = alt.Color("label:N", scale=alt.Scale(domain=classes),
+                       legend=alt.Legend(title="class", orient="bottom", columns=5, symbolOpacity=1))
     axis = alt.Axis(labels=False, ticks=False, title=None, grid=False)
-    base = alt.Chart(points).mark_circle(size=5, opacity=0.45).encode(
-        alt.X("x:Q", axis=axis), alt.Y("y:Q", axis=axis), colour, tooltip=["id:Q", "label:N"])
-    hover = alt.Chart(marked).mark_circle(stroke="white", strokeWidth=0.6).encode(
-        x="x:Q", y="y:Q", color=colour,
-        size=alt.Size("role:N", scale=alt.Scale(domain=["sample", "neighbour", "query"], range=[18, 90, 400]), legend=None),
-        shape=alt.Shape("role:N", scale=alt.Scale(domain=["sample", "neighbour", "query"],
-                                                  range=["circle", "diamond", "cross"]), legend=None),
+    x, y = alt.X("x:Q", axis=axis, scale=alt.Scale(zero=False)), alt.Y("y:Q", axis=axis, scale=alt.Scale(zero=False))
+    base = alt.Chart(points).mark_circle(size=6, opacity=0.3).encode(x, y, colour, tooltip=["id:Q", "label:N"])
+
+    def by_role(*values):
+        return alt.Scale(domain=["sample", "neighbour"], range=list(values))
+
+    marked["query"] = marked["role"] == "query"
+    top = alt.Chart(marked).transform_filter("!datum.query").mark_point(filled=True, opacity=1).encode(
+        x, y, colour,
+        size=alt.Size("role:N", scale=by_role(30, 170), legend=None),
+        shape=alt.Shape("role:N", scale=by_role("circle", "diamond"), legend=None),
+        stroke=alt.Stroke("role:N", scale=by_role("white", "black"), legend=None),
+        strokeWidth=alt.StrokeWidth("role:N", scale=by_role(0.6, 1.5), legend=None),
         tooltip=["id:Q", "label:N", "role:N", "image:N"],  # vega-tooltip draws an "image" field as a picture
     ).add_params(pick)
-    return alt.layer(base, hover).properties(height=480).interactive()
+    # The query in no class colour at all: black, large, white-edged, drawn last so nothing covers it.
+    query = alt.Chart(marked).transform_filter("datum.query").mark_point(
+        shape="cross", size=700, filled=True, opacity=1, color="black", stroke="white", strokeWidth=2).encode(
+        x, y, tooltip=["id:Q", "label:N", "role:N", "image:N"])
+    return alt.layer(base, top, query).properties(height=460).interactive()
+
+
+def pick_from_map(space: str) -> None:
+    """A click on a map's highlighted dot makes it the query, before the next run draws the page."""
+    event = st.session_state.get(f"map_{space}") or {}
+    picked = ((event.get("selection") or {}).get("pick") or [{}])[0].get("id")
+    if picked is not None:
+        set_query(int(picked))
 
 
 def map_view(index: Index) -> None:
+    from imgsearch.explore import MAP_POINTS, pictures_html
+
     if not index.maps:
         st.info("This index has no 2-D maps: rebuild it with scripts/build_index.py (without --no-maps).")
         return
-    st.markdown("Each dot is one image, placed by a 2-D map of its code (left) or its pixels (right). "
-                "Hover the larger dots for a picture; click one to make it the query.")
+    shown = min(len(index), MAP_POINTS)
+    st.markdown(f"Each dot is an image, placed by a 2-D map of its code (left) or its pixels (right): "
+                + (f"a fixed sample of {shown:,} of the {len(index):,} images. " if shown < len(index) else "")
+                + "The query is the black cross, its code-space neighbours the black-edged diamonds. "
+                "Hover a larger dot for its picture; click one to make it the query.")
     query = st.session_state.get("query")
     query_id = query if isinstance(query, int) and 0 <= query < len(index) else None
     neighbours = [h.id for h in index.search(query_id, k=10).code] if query_id is not None else []
@@ -278,18 +341,53 @@ def map_view(index: Index) -> None:
     for col, space, title in zip(st.columns(2), ("code", "pixel"), ("Code space", "Pixel space")):
         with col:
             st.subheader(title)
-            event = st.altair_chart(map_chart(index, space, query_id, neighbours), key=f"map_{space}",
-                                    on_select="rerun", selection_mode="pick", width="stretch")
-            picked = (event.selection.get("pick") or [{}])[0].get("id") if event else None
-            if picked is not None and 0 <= int(picked) < len(index) and int(picked) != query_id:
-                set_query(int(picked))
-                st.rerun()
+            st.altair_chart(map_chart(index, space, query_id, neighbours, MAP_POINTS), key=f"map_{space}",
+                            on_select=lambda space=space: pick_from_map(space), selection_mode="pick", width="stretch")
     if query_id is not None:
-        st.image([upscale(index.thumbnail(i), 64) for i in [query_id] + neighbours],
-                 caption=["query"] + [f"#{r + 1}" for r in range(len(neighbours))])
+        st.html(pictures_html([(index.thumbnail(i), c, 64) for i, c in
+                               zip([query_id] + neighbours, ["query"] + [f"#{r + 1}" for r in range(len(neighbours))])]))
+
+
+# The matplotlib plot's styles (imgsearch/evaluate.py), so the page and docs/precision_at_k.png read alike:
+# codes solid, bits dashed, baselines dotted; "as served" finely dotted and wider, since it lies on "exact".
+CURVE_STYLES = {"pixels": ("#7f7f7f", [2, 3], 2), "pca": ("#8c564b", [2, 3], 2), "codes_exact": ("#1f77b4", [1, 0], 2),
+                "codes_served": ("#17becf", [2, 3], 3.5), "bits_64": ("#bcbd22", [6, 3], 2),
+                "bits_128": ("#ff7f0e", [6, 3], 2), "bits_256": ("#d62728", [6, 3], 2),
+                "bits_256_sign": ("#e377c2", [6, 3, 1, 3], 2)}
+
+
+def precision_chart(report: dict, shown: dict):
+    """Precision at k, one labelled line per representation, each its own colour and dash."""
+    import altair as alt
+    import pandas as pd
+
+    keys = [key for key in shown if key in report["precision_curves"]]
+    rows = pd.concat([pd.DataFrame({"k": np.arange(1, len(report["precision_curves"][key]) + 1),
+                                    "precision": report["precision_curves"][key], "representation": shown[key]})
+                      for key in keys])
+    names = [shown[key] for key in keys]
+    styles = [CURVE_STYLES.get(key, ("#333333", [1, 0], 2)) for key in keys]
+    legend = alt.Legend(title=None, orient="bottom", columns=2, symbolStrokeWidth=3, symbolSize=400, labelLimit=260)
+    lines = alt.Chart(rows).mark_line().encode(
+        alt.X("k:Q", scale=alt.Scale(type="log"), title="k"),
+        alt.Y("precision:Q", scale=alt.Scale(zero=False), title="precision at k"),
+        alt.Color("representation:N", scale=alt.Scale(domain=names, range=[s[0] for s in styles]), legend=legend),
+        alt.StrokeDash("representation:N", scale=alt.Scale(domain=names, range=[s[1] for s in styles]), legend=legend),
+        alt.StrokeWidth("representation:N", scale=alt.Scale(domain=names, range=[s[2] for s in styles]), legend=None),
+        tooltip=["representation:N", "k:Q", alt.Tooltip("precision:Q", format=".3f")],
+    )
+    # "As served" again on top: it lies on "exact", which would otherwise hide it.
+    served = lines.transform_filter(alt.FieldEqualPredicate(field="representation", equal=shown.get("codes_served", "")))
+    return alt.layer(lines, served).properties(height=380)
 
 
 def quality_view(index: Index) -> None:
+    import pandas as pd
+
+    from imgsearch.evaluate import REPRESENTATIONS
+    from imgsearch.explore import groups_html
+    from imgsearch.quality import ReportError, load_evaluation
+
     try:
         report = load_evaluation()
     except ReportError as e:
@@ -300,8 +398,8 @@ def quality_view(index: Index) -> None:
             st.info("No evaluation report yet: run scripts/evaluate.py --json docs/evaluation.json.")
     if report is not None:
         s = report["settings"]
-        st.markdown(f"Retrieval on **{s['query_items']:,}** queries from `{s['queries']}` against "
-                    f"**{s['database_items']:,}** images of `{s['database']}` (model `{s.get('model', '?')}`); "
+        st.markdown(f"Retrieval on **{s['query_items']:,}** queries from `{collection_name(s['queries'])}` against "
+                    f"**{s['database_items']:,}** images of `{collection_name(s['database'])}` (model `{s.get('model', '?')}`); "
                     "a result is relevant when it has the query's class.")
         shown = {key: name for key, name in REPRESENTATIONS.items() if key in report}
         table = pd.DataFrame({name: report[key] for key, name in shown.items()}).T
@@ -310,10 +408,12 @@ def quality_view(index: Index) -> None:
         st.dataframe(table.style.format("{:.3f}", subset=[c for c in table.columns if c != "bytes per image"]),
                      key="quality_table")
         st.caption(f"Reconstruction MSE on the queries: {report['reconstruction_mse']:.4f} (pixels in [0, 1]).")
-        curves = pd.DataFrame({name: report["precision_curves"][key] for key, name in shown.items()
-                               if key in report["precision_curves"]})
-        curves.index = np.arange(1, len(curves) + 1)
-        st.line_chart(curves, x_label="k", y_label="precision at k")
+        st.altair_chart(precision_chart(report, shown), width="stretch")
+        curves = report["precision_curves"]
+        if "codes_exact" in curves and "codes_served" in curves:
+            gap = float(np.max(np.abs(np.subtract(curves["codes_exact"], curves["codes_served"]))))
+            st.caption(f"“{shown['codes_served']}” (wide, dotted) lies on “{shown['codes_exact']}”: "
+                       f"they differ by at most {gap:.3f} at any k.")
     if not index.classes:
         return
     st.subheader("Where two searches disagree")
@@ -333,13 +433,11 @@ def quality_view(index: Index) -> None:
                            (f"{t2} right, {t1.lower()} wrong", result.second_wins),
                            ("Both wrong", result.both_wrong)):
         st.markdown(f"**{title}** ({len(triples)})")
-        shown = triples[:6]
-        if not shown:
+        if not triples:
             st.caption("none among the sampled images")
             continue
-        for col, (q, x, y) in zip(st.columns(len(shown)), shown):
-            col.image([upscale(index.thumbnail(i), 64) for i in (q, x, y)],
-                      caption=["query", f"{first}: {index.label(x)}", f"{second}: {index.label(y)}"])
+        st.html(groups_html([[(index.thumbnail(q), "query", 64), (index.thumbnail(x), f"{first}: {index.label(x)}", 64),
+                               (index.thumbnail(y), f"{second}: {index.label(y)}", 64)] for q, x, y in triples[:6]]))
 
 
 def main() -> None:
@@ -347,19 +445,33 @@ def main() -> None:
     st.title("imgsearch")
     st.caption("Nearest neighbours of an image found in raw pixel space, PCA, and a convolutional auto-encoder's "
                "256-d code (as floats, or as 256 bits), side by side.")
+    # Drawn before the package is imported and the index loaded (seconds on a cold server); cleared again
+    # when there turns out to be no usable index.
+    nav = st.sidebar.empty()
+    view = nav.radio("View", VIEWS, key="view", horizontal=True)
+    top = st.empty()
+    pick_col = None
+    if view == "Search":
+        with top.container():
+            upload_col, pick_col = st.columns(2)
+            upload_ui(upload_col)
+    from imgsearch.index import IndexLoadError, read_meta, resolve
+
     try:
         read_meta(INDEX_DIR)
         index = load_index(str(resolve(INDEX_DIR)))
     except IndexLoadError as e:
+        nav.empty()
+        top.empty()
         build_ui(str(e))
         st.stop()
     follow_index(index)
-    view = sidebar_ui(index)
+    sidebar_ui(index)
     if view == "Map":
         return map_view(index)
     if view == "Quality":
         return quality_view(index)
-    query = query_ui(index)
+    query = pick_ui(pick_col, index)
     spaces = spaces_ui(index)
     k = st.slider("Neighbours per space (k)", 1, 50, 10, key="k")
     if query is None:
@@ -380,11 +492,7 @@ def main() -> None:
     query_view_ui(index, results.query_pixels, query_label, caption)
     st.caption(f"Searched {len(index):,} images in {len(spaces)} spaces in {took * 1000:.0f} ms"
                + (" (the query itself is left out)." if results.query_id is not None else "."))
-    matches = results.agreement(query_label) or {}
-    per_row = 5 if len(spaces) <= 2 else 3  # keep thumbnails large enough to see when more spaces share the width
-    for col, space in zip(st.columns(len(spaces), gap="large"), spaces):
-        with col:
-            results_ui(index, results.hits[space], space, query_label, matches.get(space), per_row)
+    results_ui(index, results, spaces, query_label)
 
 
 if __name__ == "__main__":

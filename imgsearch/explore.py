@@ -1,13 +1,19 @@
-"""Tables behind the map view: one row per point, row i = item i.
+"""What the page's views draw, as plain tables and HTML: the result grids of the Search view and the
+points of the Map view.
 
-Every item is a point (id, label, x, y). Thumbnails ride along only for the highlighted
-points and a small random sample: a data URL is ~1 KB, and 50,000 of them would make every
-page update tens of megabytes.
+Pictures travel inside the page as PNG data URLs of the 32x32 pixels (about 3 KB each; the browser
+enlarges them without smoothing), so a result grid is one element with no further requests.
+
+The Map view draws a bounded, seeded sample of the collection (the same for every query, whatever
+the collection's size: a million points cannot be sent to a browser on each interaction), and on
+top of it the query and its neighbours, always, with pictures for them and a few sampled points.
 """
 from __future__ import annotations
 
 import base64
+import html
 import io
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -15,32 +21,152 @@ from PIL import Image
 
 from .search import Index
 
-THUMBNAIL_SAMPLE = 600  # random points whose hover shows a picture, besides the highlighted ones
+MAP_POINTS = 5000  # background dots per map: enough to show the classes' shapes, ~70 KB per map on the wire
+HOVER_SAMPLE = 80  # sampled dots whose hover shows a picture, besides the query and its neighbours
+MATCH = "rgb(34, 160, 70)"  # frame of a result that shares the query's class
+ROLES = ("sample", "neighbour", "query")  # drawing order on the map: the query last, on top
 
 
-def data_url(pixels: np.ndarray, size: int = 64) -> str:
-    img = Image.fromarray(np.asarray(pixels)).resize((size, size), Image.Resampling.NEAREST)
+def data_url(pixels: np.ndarray, size: int | None = None) -> str:
+    """A PNG data URL of an image; `size` enlarges it (nearest neighbour) for places that cannot, like tooltips."""
+    img = Image.fromarray(np.asarray(pixels))
+    if size is not None:
+        img = img.resize((size, size), Image.Resampling.NEAREST)
     buf = io.BytesIO()
-    img.save(buf, "PNG", optimize=True)
+    img.save(buf, "PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def map_points(index: Index, space: str) -> pd.DataFrame:
-    """All items: id, x, y, label ("unlabelled" where unknown)."""
-    xy = index.maps[space]
-    labels = np.array(index.classes + ["unlabelled"], dtype=object)[np.where(index.labels >= 0, index.labels, len(index.classes))]
-    return pd.DataFrame({"id": np.arange(len(xy)), "x": xy[:, 0], "y": xy[:, 1], "label": labels})
+# ---- the Search view's grids ------------------------------------------------------------------
+
+@dataclass
+class Cell:
+    """One result in the grid: which space and rank, and where it sits in either layout.
+
+    Wide: the spaces side by side, each a block of `per_row` columns filled rank after rank.
+    Narrow (a phone): one row per rank, one column per space, so rank r of every space is side by side.
+    Rows and columns count from 1 as in CSS grids; row 1 holds the spaces' headers.
+    """
+    space: int
+    rank: int
+    narrow_row: int
+    narrow_col: int
 
 
-def map_highlights(index: Index, points: pd.DataFrame, query_id: int | None, neighbour_ids: list[int],
-                   seed: int = 0) -> pd.DataFrame:
-    """Rows of `points` (from map_points) for the query, its code-space neighbours and a random
-    sample, each with a thumbnail for hovering."""
-    rng = np.random.default_rng(seed)
-    sample = rng.choice(len(index), min(THUMBNAIL_SAMPLE, len(index)), replace=False)
-    roles = {int(i): "sample" for i in sample}
+def rank_by_rank(n_spaces: int, k: int) -> list[Cell]:
+    """Every (space, rank) cell with its place in the narrow layout; in the wide layout each space's
+    block fills in rank order, so the order of this list is all that layout needs."""
+    return [Cell(s, r, narrow_row=r + 2, narrow_col=s + 1) for s in range(n_spaces) for r in range(k)]
+
+
+GRID_CSS = """<style>
+.ims-wrap { container-type: inline-size; container-name: ims; }
+.ims-results { display: grid; grid-template-columns: repeat(var(--spaces), minmax(0, 1fr)); gap: 1rem 2rem; }
+.ims-space { display: grid; grid-template-columns: repeat(var(--per-row), minmax(0, 1fr)); gap: .6rem .5rem;
+             align-content: start; }
+.ims-head { grid-column: 1 / -1; font-weight: 600; font-size: 1.15rem; margin: 0 0 .2rem 0; }
+.ims-hit { margin: 0; min-width: 0; }
+.ims-hit img { width: 100%; aspect-ratio: 1; image-rendering: pixelated; display: block; border-radius: 2px;
+               border: 3px solid transparent; box-sizing: border-box; }
+.ims-hit.ims-match img { border-color: var(--match); }
+.ims-hit figcaption { font-size: .78rem; line-height: 1.25; opacity: .8; overflow-wrap: anywhere; }
+/* A phone: rank by rank, so the spaces stay comparable at a glance. */
+@container ims (max-width: 760px) {
+  .ims-results { gap: .5rem .6rem; }
+  .ims-space { display: contents; }
+  .ims-head { grid-column: var(--col); grid-row: 1; font-size: .95rem; }
+  .ims-hit { grid-column: var(--col); grid-row: var(--row); }
+}
+.ims-query { display: flex; flex-wrap: wrap; gap: 1rem; align-items: flex-end; }
+.ims-query figure { margin: 0; }
+.ims-query img { image-rendering: pixelated; display: block; }
+.ims-query figcaption { font-size: .85rem; opacity: .8; max-width: 16rem; }
+.ims-groups { align-items: flex-start; gap: 1.2rem; }
+.ims-group { display: flex; flex-direction: column; gap: .3rem; }
+</style>"""
+
+
+def results_html(columns: list[tuple[str, list, object]], thumbnail, query_label: str | None, per_row: int) -> str:
+    """The result grids of every space as one HTML block.
+
+    columns: (header, hits, distance formatter) per space, in display order; thumbnail(id) -> (32, 32, 3) uint8.
+    """
+    k = max((len(hits) for _, hits, _ in columns), default=0)
+    cells = {(c.space, c.rank): c for c in rank_by_rank(len(columns), k)}
+    parts = [f'<div class="ims-wrap"><div class="ims-results" style="--spaces:{len(columns)};'
+                       f'--per-row:{per_row};--match:{MATCH}">']
+    for s, (header, hits, fmt) in enumerate(columns):
+        parts.append(f'<div class="ims-space"><div class="ims-head" style="--col:{s + 1}">{html.escape(header)}</div>')
+        for r, hit in enumerate(hits):
+            cell = cells[(s, r)]
+            same = query_label is not None and hit.label == query_label
+            caption = f"{'✓ ' if same else ''}#{r + 1} · {hit.label or 'unlabelled'} · d={fmt(hit.distance)}"
+            parts.append(f'<figure class="ims-hit{" ims-match" if same else ""}" style="--row:{cell.narrow_row};'
+                         f'--col:{cell.narrow_col}"><img src="{data_url(thumbnail(hit.id))}" alt="{html.escape(caption)}">'
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        parts.append("</div>")
+    parts.append("</div></div>" + GRID_CSS)  # the style after the content: a leading <style> is dropped by the sanitiser
+    return "".join(parts)
+
+
+def _figures(pictures) -> str:
+    return "".join(f'<figure><img src="{data_url(p)}" width="{w}" height="{w}" alt="{html.escape(c)}">'
+                   f"<figcaption>{html.escape(c)}</figcaption></figure>" for p, c, w in pictures)
+
+
+def pictures_html(pictures: list[tuple[np.ndarray, str, int]]) -> str:
+    """A row of pictures, each (pixels, caption, width in CSS pixels), enlarged without smoothing."""
+    return f'<div class="ims-query">{_figures(pictures)}</div>{GRID_CSS}'
+
+
+def groups_html(groups: list[list[tuple[np.ndarray, str, int]]]) -> str:
+    """Groups of pictures side by side (wrapping on a narrow page), each group a column."""
+    inner = "".join(f'<div class="ims-group">{_figures(g)}</div>' for g in groups)
+    return f'<div class="ims-query ims-groups">{inner}</div>{GRID_CSS}'
+
+
+# ---- the Map view ---------------------------------------------------------------------------
+
+def map_sample(n: int, limit: int | None = None, seed: int = 0) -> np.ndarray:
+    """Sorted ids of at most `limit` (default MAP_POINTS) items, the same for every call with the same n and seed."""
+    limit = MAP_POINTS if limit is None else limit
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+
+
+def label_names(index: Index) -> list[str]:
+    """Every label a map can show: the classes, and "unlabelled" when some items have none."""
+    return index.classes + (["unlabelled"] if bool((index.labels < 0).any()) else [])
+
+
+def item_labels(index: Index, ids: np.ndarray) -> np.ndarray:
+    names = np.array(index.classes + ["unlabelled"], dtype=object)
+    labels = index.labels[ids]
+    return names[np.where(labels >= 0, labels, len(index.classes))]
+
+
+def map_points(index: Index, space: str, limit: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """The background of a map: a seeded sample of at most `limit` (default MAP_POINTS) items with id, x, y
+    and label."""
+    ids = map_sample(len(index), limit, seed)
+    xy = index.maps[space][ids]
+    return pd.DataFrame({"id": ids.astype(np.int32), "x": xy[:, 0], "y": xy[:, 1],
+                         "label": pd.Categorical(item_labels(index, ids), categories=label_names(index))})
+
+
+def map_highlights(index: Index, space: str, query_id: int | None, neighbour_ids: list[int],
+                   background: np.ndarray | None = None, hover: int = HOVER_SAMPLE, seed: int = 0) -> pd.DataFrame:
+    """The points drawn on top of the background, each with a picture for its tooltip: the query and its
+    neighbours (always, sampled or not) and `hover` points of the background (`background`: its ids)."""
+    pool = map_sample(len(index), seed=seed) if background is None else background
+    rng = np.random.default_rng(seed + 1)
+    roles = {int(i): "sample" for i in rng.choice(pool, min(hover, len(pool)), replace=False)}
     roles.update({int(i): "neighbour" for i in neighbour_ids})
     if query_id is not None:
         roles[int(query_id)] = "query"
-    ids = np.array(list(roles), dtype=int)
-    return points.iloc[ids].assign(role=[roles[i] for i in ids], image=[data_url(index.thumbnail(i)) for i in ids])
+    ids = np.array(sorted(roles, key=lambda i: ROLES.index(roles[i])), dtype=np.int64)  # drawn in this order
+    xy = index.maps[space][ids] if len(ids) else np.zeros((0, 2), np.float32)
+    return pd.DataFrame({"id": ids.astype(np.int32), "x": xy[:, 0], "y": xy[:, 1], "label": item_labels(index, ids),
+                         "role": [roles[int(i)] for i in ids],
+                         "image": [data_url(index.thumbnail(int(i)), 64) for i in ids]})
