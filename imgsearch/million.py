@@ -93,3 +93,148 @@ def write_million(out: str | os.PathLike, items: int = ITEMS, source: str | os.P
     (out / MARKER).write_text(str(items))
     return out
 
+
+
+# ---- the measurement: `imgsearch benchmark --million DIR` ----------------------------------
+
+UPDATE_ITEMS = 10_000  # images added before the timed --update: a day's photos, not a new collection
+RSS_POLL_SECONDS = 0.2
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants (the decoding processes count too), in MB."""
+    children: dict[int, list[int]] = {}
+    rss = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            p = int(entry.name)
+            children.setdefault(int(fields[1]), []).append(p)
+            rss[p] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            continue
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += rss.get(p, 0)
+        todo += children.get(p, [])
+    return total / 2**20
+
+
+def run_build(args: list[str], *, kill_when=None) -> dict:
+    """Run `imgsearch build-index ARGS` in a subprocess: wall time, peak resident memory of its process tree,
+    and whether `kill_when()` (polled) made us SIGKILL it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "imgsearch.cli", "build-index", *args],
+                            stdout=subprocess.DEVNULL)
+    peak, killed = 0.0, False
+    while proc.poll() is None:
+        peak = max(peak, tree_rss_mb(proc.pid))
+        if kill_when is not None and kill_when():
+            proc.send_signal(signal.SIGKILL)
+            killed = True
+            proc.wait()
+            break
+        time.sleep(RSS_POLL_SECONDS)
+    if not killed and proc.returncode != 0:
+        raise RuntimeError(f"build-index {' '.join(args)} failed with exit code {proc.returncode}")
+    return {"seconds": time.perf_counter() - t, "peak_rss_mb": peak, "killed": killed}
+
+
+def add_images(collection: Path, first: int, count: int, source: str | os.PathLike = OFFLINE_HINT) -> list[Path]:
+    """Write `count` more views (items first..first+count-1) into <class>/added/ folders; returns the folders."""
+    files, classes = source_images(source)
+    _init(files)
+    by_class: dict[str, list[int]] = {}
+    for item in range(first, first + count):
+        by_class.setdefault(classes[item % len(files)], []).append(item)
+    folders = []
+    for cls, its in by_class.items():
+        folder = collection / cls / "added"
+        _write_items((str(folder), its))
+        folders.append(folder)
+    return folders
+
+
+def benchmark_million(collection: str | os.PathLike, model: str | os.PathLike, work: Path, *,
+                      items: int = ITEMS, queries: int = 200, added: int = UPDATE_ITEMS) -> dict:
+    """The `million` key of the benchmark report (issue 11's targets), measured end to end."""
+    import io
+    import shutil
+    import time
+
+    from .benchmark import ExactCodeSearch, percentiles, recall_at, timed
+    from .index import read_meta, resolve
+    from .search import Index
+    from .spaces import DEFAULT_SPACES
+    from .spaces.base import Query
+
+    collection = write_million(collection, items)
+    out, resumed_out = work / "million-index", work / "million-resumed"
+    common = ["--data", str(collection), "--model", str(model)]
+    report: dict = {"items": items, "collection": str(collection)}
+
+    clean = run_build([*common, "--out", str(out)])
+    meta = read_meta(out)
+    report.update(build_seconds=round(clean["seconds"], 1), build_peak_rss_mb=round(clean["peak_rss_mb"]),
+                  build_images_per_s=round(meta["items"] / clean["seconds"]), indexed=meta["items"],
+                  space_seconds=meta["space_seconds"], maps_seconds=(meta["maps"] or {}).get("seconds"),
+                  index_gb=round(sum(p.stat().st_size for p in resolve(out).iterdir()) / 2**30, 2))
+
+    # Killed when half the batches are written, then run again with the same arguments.
+    batches = meta["ingest"]["batches"]
+    def half_done() -> bool:
+        return sum(len(list(w.glob("batch-*.npz"))) for w in (work / f"{resumed_out.name}.builds").glob("*.work")) \
+            >= max(1, batches // 2)
+    killed = run_build([*common, "--out", str(resumed_out)], kill_when=half_done)
+    resumed = run_build([*common, "--out", str(resumed_out)])
+    again = read_meta(resumed_out)
+    report.update(resume_killed_at_seconds=round(killed["seconds"], 1), resume_seconds=round(resumed["seconds"], 1),
+                  resume_overhead=round((killed["seconds"] + resumed["seconds"]) / clean["seconds"], 3),
+                  resumed_batches=again["ingest"]["resumed_batches"], resume_same_items=again["items"] == meta["items"],
+                  resume_same_codes=again["checksums"]["codes.npy"] == meta["checksums"]["codes.npy"])
+    shutil.rmtree(resumed_out.with_name(resumed_out.name + ".builds"), ignore_errors=True)
+    resumed_out.unlink(missing_ok=True)
+
+    # Queries at a million items, as the page makes them: an uploaded JPEG, decoded, encoded, searched.
+    t = time.perf_counter()
+    index = Index.load(out)
+    report["load_seconds"] = round(time.perf_counter() - t, 2)
+    test_files, _ = source_images(Path(OFFLINE_HINT).parent / "test")
+    rng = np.random.default_rng(0)
+    uploads = [Path(test_files[i]).read_bytes() for i in rng.choice(len(test_files), queries, replace=False)]
+    queries_ = [Query(index.query_pixels(io.BytesIO(u))[0], index.encode) for u in uploads]
+    for name, space in index.spaces.items():
+        vectors = [space.embed(q) for q in queries_]
+        found, times = timed(lambda v: space.search(v, 10)[0], vectors)
+        report[f"{name}_p50_ms"], report[f"{name}_p95_ms"] = percentiles(times)
+        if name == "code":
+            exact = ExactCodeSearch(np.asarray(index.codes))
+            truth = [exact.search(v, 10) for v in vectors]
+            report["code_recall_at_10"] = round(recall_at(found, truth), 4)
+            del exact
+    _, times = timed(lambda u: index.search(io.BytesIO(u), 10, spaces=list(DEFAULT_SPACES)), uploads)
+    report["query_server_ms"] = percentiles(times)[0]
+    _, times = timed(lambda u: index.search(io.BytesIO(u), 10, spaces=list(index.spaces)), uploads)
+    report["query_all_spaces_ms"] = percentiles(times)[0]
+    del index
+
+    # --update after adding images to the collection; the added files are removed again afterwards.
+    folders = add_images(Path(collection), items, added)
+    try:
+        update = run_build([*common, "--out", str(out), "--update"])
+        u = read_meta(out)["update"]
+        report.update(update_seconds=round(update["seconds"], 1), update_peak_rss_mb=round(update["peak_rss_mb"]),
+                      update_added=u["added"], update_unchanged=u["unchanged"])
+    finally:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+    return report

@@ -54,10 +54,15 @@ def fit_binariser(codes: np.ndarray, bits: int = BITS, *, method: str = "itq", s
     return pca.mean, (pca.components @ rotation).astype(np.float32)
 
 
-def binarise(codes: np.ndarray, mean: np.ndarray, projection: np.ndarray) -> np.ndarray:
-    """(N, D) codes -> (N, bits / 64) uint64 words, bit j = projection j is positive."""
-    bits = (np.atleast_2d(codes) - mean) @ projection > 0
-    return np.packbits(bits, axis=1).view(np.uint64)
+def binarise(codes: np.ndarray, mean: np.ndarray, projection: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """(N, D) codes -> (N, bits / 64) uint64 words, bit j = projection j is positive; in chunks, so a
+    million memory-mapped codes are never copied whole as floats."""
+    codes = np.atleast_2d(codes)
+    out = np.empty((len(codes), projection.shape[1] // 64), dtype=np.uint64)
+    for s in range(0, len(codes), chunk):
+        bits = (np.asarray(codes[s:s + chunk], dtype=np.float32) - mean) @ projection > 0
+        out[s:s + chunk] = np.packbits(bits, axis=1).view(np.uint64)
+    return out
 
 
 def word_major(words: np.ndarray) -> np.ndarray:

@@ -116,9 +116,12 @@ def bound_rows(pixels: np.ndarray, mean: np.ndarray, basis: np.ndarray, coarse_d
     coarse = np.empty((len(flat), coarse_dims + 1), dtype=np.float32)
     fine = np.empty((len(flat), fine_dims + 1), dtype=np.float32)
     totals = np.empty(len(flat), dtype=np.float32)
+    basis32 = np.asarray(basis, dtype=np.float32)
     for s in range(0, len(flat), chunk):
         c = flat[s:s + chunk].astype(np.float64) - mean
-        y = c @ basis
+        # The product in float32 (half the time of float64, minutes at a million images); its rounding
+        # is far inside SLACK. The totals stay float64: they are differences of large sums.
+        y = (c.astype(np.float32) @ basis32).astype(np.float64)
         total = np.einsum("ij,ij->i", c, c)
         for out, m in ((coarse, coarse_dims), (fine, fine_dims)):
             out[s:s + chunk, :m] = y[:, :m]
