@@ -101,27 +101,31 @@ UPDATE_ITEMS = 10_000  # images added before the timed --update: a day's photos,
 RSS_POLL_SECONDS = 0.2
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants (the decoding processes count too), in MB."""
+def tree_memory_mb(pid: int) -> tuple[float, float]:
+    """Resident memory of a process and all its descendants (the decoding processes count too), in MB:
+    (all resident pages, anonymous pages only). The first includes pages of memory-mapped files,
+    which the kernel can drop at any time; the second is what the build itself holds."""
     children: dict[int, list[int]] = {}
-    rss = {}
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            p = int(entry.name)
-            children.setdefault(int(fields[1]), []).append(p)
-            rss[p] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
-            continue
-    total, todo = 0, [pid]
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    total = anon = 0
+    todo = [pid]
     while todo:
         p = todo.pop()
-        total += rss.get(p, 0)
         todo += children.get(p, [])
-    return total / 2**20
+        try:
+            with open(f"/proc/{p}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            total += int(fields.get("VmRSS", "0 kB").split()[0])
+            anon += int(fields.get("RssAnon", "0 kB").split()[0])
+        except (OSError, ValueError):
+            continue
+    return total / 1024, anon / 1024
 
 
 def run_build(args: list[str], *, kill_when=None) -> dict:
@@ -135,9 +139,10 @@ def run_build(args: list[str], *, kill_when=None) -> dict:
     t = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "imgsearch.cli", "build-index", *args],
                             stdout=subprocess.DEVNULL)
-    peak, killed = 0.0, False
+    peak, peak_anon, killed = 0.0, 0.0, False
     while proc.poll() is None:
-        peak = max(peak, tree_rss_mb(proc.pid))
+        total, anon = tree_memory_mb(proc.pid)
+        peak, peak_anon = max(peak, total), max(peak_anon, anon)
         if kill_when is not None and kill_when():
             proc.send_signal(signal.SIGKILL)
             killed = True
@@ -146,7 +151,7 @@ def run_build(args: list[str], *, kill_when=None) -> dict:
         time.sleep(RSS_POLL_SECONDS)
     if not killed and proc.returncode != 0:
         raise RuntimeError(f"build-index {' '.join(args)} failed with exit code {proc.returncode}")
-    return {"seconds": time.perf_counter() - t, "peak_rss_mb": peak, "killed": killed}
+    return {"seconds": time.perf_counter() - t, "peak_rss_mb": peak, "peak_anon_mb": peak_anon, "killed": killed}
 
 
 def add_images(collection: Path, first: int, count: int, source: str | os.PathLike = OFFLINE_HINT) -> list[Path]:
@@ -185,6 +190,7 @@ def benchmark_million(collection: str | os.PathLike, model: str | os.PathLike, w
     clean = run_build([*common, "--out", str(out)])
     meta = read_meta(out)
     report.update(build_seconds=round(clean["seconds"], 1), build_peak_rss_mb=round(clean["peak_rss_mb"]),
+                  build_peak_anon_mb=round(clean["peak_anon_mb"]),
                   build_images_per_s=round(meta["items"] / clean["seconds"]), indexed=meta["items"],
                   space_seconds=meta["space_seconds"], maps_seconds=(meta["maps"] or {}).get("seconds"),
                   index_gb=round(sum(p.stat().st_size for p in resolve(out).iterdir()) / 2**30, 2))
