@@ -79,17 +79,37 @@ def build_index_arguments(p: argparse.ArgumentParser):
     p.add_argument("--batch-size", type=int, default=BATCH,
                    help=f"items read and encoded per batch; a killed build resumes from its last whole batch "
                         f"(default: {BATCH})")
+    p.add_argument("--backend", choices=("annoy", "milvus"), default="annoy",
+                   help="where the code and bits spaces live: annoy (the code in codes.ann, the bits in bits.npz; "
+                        "default) or milvus (collections at --milvus-uri; docs/scale.md)")
+    p.add_argument("--milvus-uri", metavar="URI",
+                   help="with --backend milvus: a path ending in .db (Milvus Lite, in this process; the bits stay "
+                        "local, Lite has no binary vectors) or http://host:19530 (a Milvus server or cluster)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="decode and encode on Ray Data: the cluster at ADDRESS (ray://head:10001, or auto), "
+                        "or a local Ray when no ADDRESS is given (pip install -e .[cluster])")
 
     def run(a) -> int:
         from .data import CollectionError
         from .index import IndexLoadError, build_index
         from .model import CheckpointError
+        from .ray_pipeline import RayError, ray_batches
+        from .spaces.milvus import MilvusError, check_uri, connect
 
+        options, batches = {}, None
         try:
+            if a.backend == "milvus":
+                connect(check_uri(a.milvus_uri))  # before encoding, which may take hours: fail now if it is unusable
+                options = {"code": {"backend": "milvus", "uri": a.milvus_uri},
+                           "bits": {"backend": "milvus", "uri": a.milvus_uri, **({"bits": a.bits} if a.bits else {})}}
+            elif a.milvus_uri:
+                p.error("--milvus-uri goes with --backend milvus")
+            if a.ray is not None:
+                batches = ray_batches(a.ray or None)
             summary = build_index(a.data, a.model, a.out, spaces=a.spaces, n_trees=a.n_trees, search_k=a.search_k,
                                   bits=a.bits, seed=a.seed, maps=not a.no_maps, update=a.update,
-                                  batch_size=a.batch_size)
-        except (CollectionError, CheckpointError, IndexLoadError) as e:
+                                  batch_size=a.batch_size, options=options, batches=batches)
+        except (CollectionError, CheckpointError, IndexLoadError, MilvusError, RayError) as e:
             return fail(str(e))
         print(f"Indexed {summary['items']} images into {summary['index']} in {summary['seconds']:.1f} s "
               f"(spaces: {', '.join(summary['spaces'])}).")

@@ -350,10 +350,19 @@ def prune(builds: Path, protect: list, keep: int = 2, grace: float = PRUNE_GRACE
               and p.resolve() not in keep_set]
     others.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     now, removed = time.time(), []
+    from .spaces import milvus  # pymilvus itself is imported only when a build names Milvus collections
     for old in others[max(keep - len(keep_set), 0):]:
         if now - old.stat().st_mtime >= grace:
+            # A build's Milvus collections go with it; if the server cannot drop them now, the build stays
+            # (still listed here) so that the next prune tries again, instead of leaking them for good.
+            why = milvus.drop_collections(old)
+            if why:
+                print(f"Kept {old.name}: {why}", file=sys.stderr)
+                continue
             shutil.rmtree(old, ignore_errors=True)
             removed.append(old)
+    uris = {uri for p in builds.iterdir() if p.is_dir() for uri in milvus.collections_of(p)}
+    milvus.drop_orphans(builds, uris)  # collections of builds that failed after writing them
     return removed
 
 
@@ -428,6 +437,10 @@ def _file_name(x) -> bool:
 
 # Settings the built-in spaces read when they load, with the test each value must pass.
 SPACE_SETTINGS = {"code": {"n_trees": _int, "search_k": lambda x: _int(x, 1), "ann_bytes": _int}}
+# A space in Milvus (spaces/milvus.py) reads these instead: Annoy's settings do not apply to it.
+MILVUS_SETTINGS = {"uri": lambda x: isinstance(x, str) and len(x) > 0,
+                   "collection": lambda x: isinstance(x, str) and bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,254}", x)),
+                   "search_params": lambda x: isinstance(x, dict)}
 
 
 def meta_problem(meta: dict) -> str | None:
@@ -484,7 +497,10 @@ def space_problem(name: str, section: dict, listed: set[str]) -> str | None:
     settings = section.get("settings")
     if not isinstance(settings, dict):
         return "has no settings object"
-    for key, ok in SPACE_SETTINGS.get(name, {}).items():
+    backend = settings.get("backend")
+    if backend not in (None, "annoy", "local", "milvus"):
+        return f"names the backend {str(backend)[:40]!r}, which this version does not know"
+    for key, ok in (MILVUS_SETTINGS if backend == "milvus" else SPACE_SETTINGS.get(name, {})).items():
         if key not in settings:
             return f"has no {key} setting"
         if not ok(settings[key]):

@@ -154,7 +154,18 @@ class BitsSpace(Space):
         self.mean, self.projection = mean, projection
 
     @classmethod
-    def build(cls, data: BuildInput, directory: Path, *, bits: int | None = None, method: str = "itq") -> dict:
+    def build(cls, data: BuildInput, directory: Path, *, bits: int | None = None, method: str = "itq",
+              backend: str = "local", uri: str | None = None) -> dict:
+        if backend == "milvus":  # a Milvus collection on a server; Milvus Lite has no binary vectors (spaces/milvus.py)
+            from .milvus import LITE_BITS, build_bits
+            section = build_bits(data, directory, uri=uri, bits=bits, method=method)
+            if section is not None:
+                return section
+            section = cls.build(data, directory, bits=bits, method=method)
+            section["settings"].update(backend="local", milvus=LITE_BITS)
+            return section
+        if backend != "local":
+            raise SpaceError(f"the bits space's backend is local or milvus, not {backend!r}")
         if bits is None:  # BITS, or as many whole words as a shorter code fills
             bits = max([w for w in WIDTHS if w <= min(BITS, data.codes.shape[1])], default=WIDTHS[0])
         if bits not in WIDTHS:
@@ -170,6 +181,9 @@ class BitsSpace(Space):
 
     @classmethod
     def load(cls, data: LoadInput, section: dict) -> "BitsSpace":
+        if section["settings"].get("backend") == "milvus":
+            from .milvus import MilvusBitsSpace
+            return MilvusBitsSpace.load(data, section)
         a = load_npz(data, layout.BITS, ("columns", "mean", "projection"))
         columns = a["columns"]
         if columns.ndim != 2 or columns.shape[1] != data.items:

@@ -47,7 +47,13 @@ class CodeSpace(Space):
         self.ann, self.search_k = ann, search_k
 
     @classmethod
-    def build(cls, data: BuildInput, directory: Path, *, n_trees: int = N_TREES, search_k: int = SEARCH_K) -> dict:
+    def build(cls, data: BuildInput, directory: Path, *, n_trees: int = N_TREES, search_k: int = SEARCH_K,
+              backend: str = "annoy", uri: str | None = None) -> dict:
+        if backend == "milvus":  # the codes in a Milvus collection instead of codes.ann (spaces/milvus.py)
+            from .milvus import build_code
+            return build_code(data, directory, uri=uri)
+        if backend != "annoy":
+            raise SpaceError(f"the code space's backend is annoy or milvus, not {backend!r}")
         ann = build_annoy(data.codes, n_trees, seed=data.seed)
         ann.save(str(directory / layout.ANNOY))
         ann.unload()
@@ -58,6 +64,9 @@ class CodeSpace(Space):
     @classmethod
     def load(cls, data: LoadInput, section: dict) -> "CodeSpace":
         s = section["settings"]
+        if s.get("backend") == "milvus":
+            from .milvus import MilvusCodeSpace
+            return MilvusCodeSpace.load(data, section)
         path = data.directory / layout.ANNOY
         if not path.is_file() or path.stat().st_size != s["ann_bytes"]:
             raise SpaceError(f"{layout.ANNOY} is missing or not the size meta.json records")
