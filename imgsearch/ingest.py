@@ -37,6 +37,9 @@ from .model import encode_pixels
 BATCH = 4096  # items per batch: the unit a killed build resumes from (~1.5 s of work, 12 MB of pixels)
 DECODERS = 1  # decoding processes beside the encoder: on 2 cores one decoder and torch's threads balance
 PREFETCH = 2  # batches decoded ahead of the encoder: enough to hide a slow file, little memory
+# Forked, where the system can: a decoder never touches torch (whose threads a fork would not copy),
+# and a spawned one would re-run the caller's script, breaking every script without a __main__ guard.
+DECODER_START = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
 
 
 @dataclass
@@ -151,8 +154,7 @@ def local_batches(source: Source, model, todo: list[int], batch_size: int, worke
             px = np.ascontiguousarray(pixels[ok])
             yield b, ok, errors, px, encode_pixels(model, px)
         return
-    # spawn, not fork: a forked copy of a process that holds torch's thread pool can hang
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=DECODER_START) as pool:
         pending, queue = deque(), iter(todo)
 
         def submit():
