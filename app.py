@@ -28,7 +28,7 @@ from imgsearch.images import ImageError
 if TYPE_CHECKING:
     from imgsearch.search import Index
 
-INDEX_DIR = os.environ.get("IMGSEARCH_INDEX", str(DATA_DIR / "index"))
+INDEX_DIR = os.environ.get("IMGSEARCH_INDEX", str(DATA_DIR / "index"))  # index.DEFAULT_INDEX, without importing torch
 BUILD_ROOT = os.environ.get("IMGSEARCH_BUILD_ROOT") or None  # unset: the page cannot build
 # Session keys that hold item ids, classes or space names of one build: cleared when the index is swapped.
 INDEX_STATE = ("query", "item_number", "pick_class", "spaces", "map_code", "map_pixel", "quality_class",
@@ -277,28 +277,27 @@ def map_background(build_dir: str, space: str, limit: int):
     return map_points(load_index(build_dir), space, limit)
 
 
-def map_chart(index: Index, space: str, query_id, neighbour_ids, limit: int):
-    """A sample of the collection as faint dots coloured by class; on top, a few sampled points with pictures,
-    the query's neighbours (black-edged diamonds) and the query (a large black cross)."""
+@st.cache_data(show_spinner=False, max_entries=4)
+def map_spec(classes: list[str]) -> dict:
+    """The Map view's chart without its data, built (and checked by Altair, ~0.15 s) once: only the two
+    datasets change from one query to the next. A sample of the collection as faint dots coloured by class;
+    on top, a few sampled dots with pictures, the query's neighbours (black-edged diamonds) and the query
+    (a large black cross)."""
     import altair as alt
 
-    from imgsearch.explore import map_highlights
-
-    points = map_background(str(index.path), space, limit)
-    marked = map_highlights(index, space, query_id, neighbour_ids, background=points["id"].to_numpy())
-    classes = list(points["label"].cat.categories)
     pick = alt.selection_point(name="pick", fields=["id"], on="click")
     colour = alt.Color("label:N", scale=alt.Scale(domain=classes),
                        legend=alt.Legend(title="class", orient="bottom", columns=5, symbolOpacity=1))
     axis = alt.Axis(labels=False, ticks=False, title=None, grid=False)
     x, y = alt.X("x:Q", axis=axis, scale=alt.Scale(zero=False)), alt.Y("y:Q", axis=axis, scale=alt.Scale(zero=False))
-    base = alt.Chart(points).mark_circle(size=6, opacity=0.3).encode(x, y, colour, tooltip=["id:Q", "label:N"])
+    base = alt.Chart(alt.NamedData(name="background")).mark_circle(size=6, opacity=0.3).encode(
+        x, y, colour, tooltip=["id:Q", "label:N"])
 
     def by_role(*values):
         return alt.Scale(domain=["sample", "neighbour"], range=list(values))
 
-    marked["query"] = marked["role"] == "query"
-    top = alt.Chart(marked).transform_filter("!datum.query").mark_point(filled=True, opacity=1).encode(
+    marked = alt.Chart(alt.NamedData(name="marked"))
+    top = marked.transform_filter("datum.role !== 'query'").mark_point(filled=True, opacity=1).encode(
         x, y, colour,
         size=alt.Size("role:N", scale=by_role(30, 170), legend=None),
         shape=alt.Shape("role:N", scale=by_role("circle", "diamond"), legend=None),
@@ -307,10 +306,21 @@ def map_chart(index: Index, space: str, query_id, neighbour_ids, limit: int):
         tooltip=["id:Q", "label:N", "role:N", "image:N"],  # vega-tooltip draws an "image" field as a picture
     ).add_params(pick)
     # The query in no class colour at all: black, large, white-edged, drawn last so nothing covers it.
-    query = alt.Chart(marked).transform_filter("datum.query").mark_point(
+    query = marked.transform_filter("datum.role === 'query'").mark_point(
         shape="cross", size=700, filled=True, opacity=1, color="black", stroke="white", strokeWidth=2).encode(
         x, y, tooltip=["id:Q", "label:N", "role:N", "image:N"])
-    return alt.layer(base, top, query).properties(height=460).interactive()
+    return alt.layer(base, top, query).properties(height=460).interactive().to_dict()
+
+
+def map_chart_ui(index: Index, space: str, query_id, neighbour_ids, limit: int) -> None:
+    from imgsearch.explore import map_highlights
+
+    points = map_background(str(index.path), space, limit)
+    spec = map_spec(list(points["label"].cat.categories))
+    spec["datasets"] = {"background": points,  # Streamlit sends DataFrames here as Arrow
+                        "marked": map_highlights(index, space, query_id, neighbour_ids, background=points["id"].to_numpy())}
+    st.vega_lite_chart(spec=spec, key=f"map_{space}", on_select=lambda: pick_from_map(space), selection_mode="pick",
+                       width="stretch")
 
 
 def pick_from_map(space: str) -> None:
@@ -341,17 +351,17 @@ def map_view(index: Index) -> None:
     for col, space, title in zip(st.columns(2), ("code", "pixel"), ("Code space", "Pixel space")):
         with col:
             st.subheader(title)
-            st.altair_chart(map_chart(index, space, query_id, neighbours, MAP_POINTS), key=f"map_{space}",
-                            on_select=lambda space=space: pick_from_map(space), selection_mode="pick", width="stretch")
+            map_chart_ui(index, space, query_id, neighbours, MAP_POINTS)
     if query_id is not None:
         st.html(pictures_html([(index.thumbnail(i), c, 64) for i, c in
                                zip([query_id] + neighbours, ["query"] + [f"#{r + 1}" for r in range(len(neighbours))])]))
 
 
 # The matplotlib plot's styles (imgsearch/evaluate.py), so the page and docs/precision_at_k.png read alike:
-# codes solid, bits dashed, baselines dotted; "as served" finely dotted and wider, since it lies on "exact".
-CURVE_STYLES = {"pixels": ("#7f7f7f", [2, 3], 2), "pca": ("#8c564b", [2, 3], 2), "codes_exact": ("#1f77b4", [1, 0], 2),
-                "codes_served": ("#17becf", [2, 3], 3.5), "bits_64": ("#bcbd22", [6, 3], 2),
+# codes solid, bits dashed, baselines dotted. "As served" lies on "exact" (they differ by 0.001): exact is
+# drawn wide and light, as served dark, thin and dashed on top of it, so both stay visible.
+CURVE_STYLES = {"pixels": ("#7f7f7f", [2, 3], 2), "pca": ("#8c564b", [2, 3], 2), "codes_exact": ("#9ecae1", [1, 0], 6),
+                "codes_served": ("#08306b", [5, 3], 2), "bits_64": ("#bcbd22", [6, 3], 2),
                 "bits_128": ("#ff7f0e", [6, 3], 2), "bits_256": ("#d62728", [6, 3], 2),
                 "bits_256_sign": ("#e377c2", [6, 3, 1, 3], 2)}
 
@@ -367,7 +377,7 @@ def precision_chart(report: dict, shown: dict):
                       for key in keys])
     names = [shown[key] for key in keys]
     styles = [CURVE_STYLES.get(key, ("#333333", [1, 0], 2)) for key in keys]
-    legend = alt.Legend(title=None, orient="bottom", columns=2, symbolStrokeWidth=3, symbolSize=400, labelLimit=260)
+    legend = alt.Legend(title=None, orient="bottom", columns=1, symbolStrokeWidth=3, symbolSize=400, labelLimit=0)
     lines = alt.Chart(rows).mark_line().encode(
         alt.X("k:Q", scale=alt.Scale(type="log"), title="k"),
         alt.Y("precision:Q", scale=alt.Scale(zero=False), title="precision at k"),
@@ -412,7 +422,7 @@ def quality_view(index: Index) -> None:
         curves = report["precision_curves"]
         if "codes_exact" in curves and "codes_served" in curves:
             gap = float(np.max(np.abs(np.subtract(curves["codes_exact"], curves["codes_served"]))))
-            st.caption(f"“{shown['codes_served']}” (wide, dotted) lies on “{shown['codes_exact']}”: "
+            st.caption(f"“{shown['codes_served']}” (dark, dashed) lies on “{shown['codes_exact']}” (wide, light blue): "
                        f"they differ by at most {gap:.3f} at any k.")
     if not index.classes:
         return

@@ -14,6 +14,7 @@ import base64
 import html
 import io
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -22,14 +23,20 @@ from PIL import Image
 from .search import Index
 
 MAP_POINTS = 5000  # background dots per map: enough to show the classes' shapes, ~70 KB per map on the wire
-HOVER_SAMPLE = 80  # sampled dots whose hover shows a picture, besides the query and its neighbours
+HOVER_SAMPLE = 50  # sampled dots whose hover shows a picture, besides the query and its neighbours (~4 KB each, per map)
 MATCH = "rgb(34, 160, 70)"  # frame of a result that shares the query's class
 ROLES = ("sample", "neighbour", "query")  # drawing order on the map: the query last, on top
 
 
 def data_url(pixels: np.ndarray, size: int | None = None) -> str:
     """A PNG data URL of an image; `size` enlarges it (nearest neighbour) for places that cannot, like tooltips."""
-    img = Image.fromarray(np.asarray(pixels))
+    pixels = np.ascontiguousarray(pixels)
+    return _png_url(pixels.tobytes(), pixels.shape, size)
+
+
+@lru_cache(maxsize=4096)  # the same thumbnails come back on every map render and in many result grids (~20 MB at most)
+def _png_url(raw: bytes, shape: tuple, size: int | None) -> str:
+    img = Image.fromarray(np.frombuffer(raw, np.uint8).reshape(shape))
     if size is not None:
         img = img.resize((size, size), Image.Resampling.NEAREST)
     buf = io.BytesIO()

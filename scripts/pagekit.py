@@ -154,14 +154,17 @@ MAP_MARKS = """(n) => {
 }"""
 
 
-def far_neighbour(page, chart: int = 0, roles: tuple[str, ...] = ("neighbour",)) -> dict | None:
+def far_neighbour(page, chart: int = 0, roles: tuple[str, ...] = ("neighbour",), clear_px: float = 15) -> dict | None:
     """The neighbour (or other mark of `roles`) drawn farthest from the query: a click near the query's
-    cross would hit the cross."""
+    cross would hit the cross. When even that one lies under the cross, the farthest sampled dot."""
     marks = page.evaluate(MAP_MARKS, chart) or []
     query = next((m for m in marks if m["role"] == "query"), None)
-    neighbours = [m for m in marks if m["role"] in roles]
-    if not neighbours:
-        return None
-    if query is None:
-        return neighbours[0]
-    return max(neighbours, key=lambda m: (m["x"] - query["x"]) ** 2 + (m["y"] - query["y"]) ** 2)
+
+    def away(m):
+        return 1e9 if query is None else ((m["x"] - query["x"]) ** 2 + (m["y"] - query["y"]) ** 2) ** 0.5
+
+    for wanted in (roles, ("sample",)):
+        candidates = [m for m in marks if m["role"] in wanted]
+        if candidates and away(best := max(candidates, key=away)) >= clear_px:
+            return best
+    return None

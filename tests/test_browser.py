@@ -51,7 +51,11 @@ def server(index_dir):
         pytest.fail("streamlit did not start: " + proc.stdout.read().decode()[-2000:])
     yield url
     proc.terminate()
-    proc.wait(timeout=20)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:  # a server stuck in a run must not outlive the test
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture
@@ -136,3 +140,22 @@ def test_map_hover_shows_a_picture_and_a_click_makes_a_neighbour_the_query(serve
     page.get_by_text(f"Query: item {hovered} ").wait_for(timeout=60_000)  # the clicked dot is the query now
     page.get_by_test_id("stSidebar").get_by_text("Search", exact=True).click()
     page.get_by_text(f"Item {hovered}", exact=True).wait_for(timeout=60_000)
+
+
+UPLOADS = ROOT.parent / "shared" / "datasets" / "cifar10-jpg" / "test"
+
+
+@pytest.mark.skipif(not UPLOADS.is_dir(), reason="the benchmark uploads photos of the offline CIFAR-10 test split")
+def test_the_page_benchmark_writes_every_figure(index_dir, tmp_path):
+    """scripts/benchmark_page.py end to end on the 60-item index, two actions of each kind: the keys, not the times."""
+    out = tmp_path / "page.json"
+    r = subprocess.run([sys.executable, "scripts/benchmark_page.py", "--index", str(index_dir), "--actions", "2",
+                        "--visits", "1", "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    import json
+
+    result = json.loads(out.read_text())
+    for key in ("cold_visit_s", "first_visit_s", "upload_p50_s", "random_p50_s", "more_like_this_p50_s", "map_ready_s",
+                "map_click_s", "map_bytes", "quality_ready_s", "upload_p95_s", "random_p95_s", "more_like_this_p95_s"):
+        assert isinstance(result[key], (int, float)) and result[key] > 0, key
+    assert result["result_pictures_min"] >= 20 and "| Map view ready |" in r.stdout
