@@ -360,10 +360,9 @@ def map_view(index: Index) -> None:
 # The matplotlib plot's styles (imgsearch/evaluate.py), so the page and docs/precision_at_k.png read alike:
 # codes solid, bits dashed, baselines dotted. "As served" lies on "exact" (they differ by 0.001): exact is
 # drawn wide and light, as served dark, thin and dashed on top of it, so both stay visible.
-CURVE_STYLES = {"pixels": ("#7f7f7f", [2, 3], 2), "pca": ("#8c564b", [2, 3], 2), "codes_exact": ("#9ecae1", [1, 0], 6),
-                "codes_served": ("#08306b", [5, 3], 2), "bits_64": ("#bcbd22", [6, 3], 2),
-                "bits_128": ("#ff7f0e", [6, 3], 2), "bits_256": ("#d62728", [6, 3], 2),
-                "bits_256_sign": ("#e377c2", [6, 3, 1, 3], 2)}
+CURVE_STYLES = {"pixels": ("#7f7f7f", [2, 3]), "pca": ("#8c564b", [2, 3]), "codes_exact": ("#9ecae1", [1, 0]),
+                "codes_served": ("#08306b", [5, 3]), "bits_64": ("#bcbd22", [6, 3]), "bits_128": ("#ff7f0e", [6, 3]),
+                "bits_256": ("#d62728", [6, 3]), "bits_256_sign": ("#e377c2", [6, 3, 1, 3])}
 
 
 def precision_chart(report: dict, shown: dict):
@@ -376,19 +375,23 @@ def precision_chart(report: dict, shown: dict):
                                     "precision": report["precision_curves"][key], "representation": shown[key]})
                       for key in keys])
     names = [shown[key] for key in keys]
-    styles = [CURVE_STYLES.get(key, ("#333333", [1, 0], 2)) for key in keys]
-    legend = alt.Legend(title=None, orient="bottom", columns=1, symbolStrokeWidth=3, symbolSize=400, labelLimit=0)
-    lines = alt.Chart(rows).mark_line().encode(
+    styles = [CURVE_STYLES.get(key, ("#333333", [1, 0])) for key in keys]
+    # One column: a label cut at a phone's width would be unreadable. The chart's height includes the legend.
+    legend = alt.Legend(title=None, orient="bottom", columns=1, symbolStrokeWidth=3, symbolSize=250, labelLimit=0)
+    lines = alt.Chart(rows).mark_line(strokeWidth=2).encode(
         alt.X("k:Q", scale=alt.Scale(type="log"), title="k"),
         alt.Y("precision:Q", scale=alt.Scale(zero=False), title="precision at k"),
         alt.Color("representation:N", scale=alt.Scale(domain=names, range=[s[0] for s in styles]), legend=legend),
         alt.StrokeDash("representation:N", scale=alt.Scale(domain=names, range=[s[1] for s in styles]), legend=legend),
-        alt.StrokeWidth("representation:N", scale=alt.Scale(domain=names, range=[s[2] for s in styles]), legend=None),
         tooltip=["representation:N", "k:Q", alt.Tooltip("precision:Q", format=".3f")],
     )
-    # "As served" again on top: it lies on "exact", which would otherwise hide it.
-    served = lines.transform_filter(alt.FieldEqualPredicate(field="representation", equal=shown.get("codes_served", "")))
-    return alt.layer(lines, served).properties(height=380)
+
+    def only(key):
+        return alt.FieldEqualPredicate(field="representation", equal=shown.get(key, ""))
+
+    # "As served" lies on "exact": exact is drawn wide beneath everything, as served again on top.
+    wide = lines.transform_filter(only("codes_exact")).mark_line(strokeWidth=7)
+    return alt.layer(wide, lines, lines.transform_filter(only("codes_served"))).properties(height=560)
 
 
 def quality_view(index: Index) -> None:
