@@ -266,10 +266,12 @@ def benchmark_arguments(p: argparse.ArgumentParser):
         if a.million:
             from .million import benchmark_million
 
-            with tempfile.TemporaryDirectory(dir=a.work_dir) as work:
-                report["million"] = benchmark_million(a.million, a.model, Path(work), items=a.million_items,
-                                                      queries=20 if a.quick else 200,
-                                                      added=min(10_000, a.million_items // 100))
+            kw = dict(items=a.million_items, queries=20 if a.quick else 200, added=min(10_000, a.million_items // 100))
+            if a.work_dir:  # kept: a second run with the same --work-dir continues where the first stopped
+                report["million"] = benchmark_million(a.million, a.model, Path(a.work_dir) / "million", **kw)
+            else:
+                with tempfile.TemporaryDirectory() as work:
+                    report["million"] = benchmark_million(a.million, a.model, Path(work), **kw)
         print_report(report)
         write_outputs(report, a.json, a.plot, plot_sweep)
         return 0

@@ -22,6 +22,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -185,6 +186,7 @@ def ingest(source: Source, model, work: Path, *, batch_size: int = BATCH, progre
     todo = [b for b in range(n_batches) if not batch_file(work, b).exists()]
     done_before = n_batches - len(todo)
     produce = batches or local_batches
+    started = time.perf_counter()
     bar = tqdm(total=len(source), desc="decoding and encoding", unit="img", disable=not progress,
                mininterval=0.5, initial=min(done_before * batch_size, len(source)))
     for i, (b, ok, errors, px, codes) in enumerate(produce(source, model, todo, batch_size)):
@@ -199,7 +201,8 @@ def ingest(source: Source, model, work: Path, *, batch_size: int = BATCH, progre
             on_step((done_before + i + 1) / n_batches)
     bar.close()
     return {"batches": n_batches, "resumed_batches": done_before, "batch_size": batch_size,
-            "items_read": sum(len(batch_rows(len(source), batch_size)[b]) for b in todo)}
+            "items_read": sum(len(batch_rows(len(source), batch_size)[b]) for b in todo),
+            "seconds": round(time.perf_counter() - started, 2)}
 
 
 def read_batch(work: Path, b: int) -> dict:

@@ -24,7 +24,7 @@ class BruteForce:
     def __init__(self, db: np.ndarray, metric: str = "euclidean"):
         assert metric in METRICS, f"metric must be one of {METRICS}, not {metric!r}"
         self.metric = metric
-        self.db = torch.from_numpy(np.ascontiguousarray(db, dtype=np.float32))
+        self.db = torch.from_numpy(np.require(db, np.float32, ["C", "W"]))  # copies a read-only memory map
         if metric == "angular":
             self.db = torch.nn.functional.normalize(self.db, dim=1)
         self.sq_norms = (self.db * self.db).sum(1)

@@ -171,8 +171,15 @@ def add_images(collection: Path, first: int, count: int, source: str | os.PathLi
 
 def benchmark_million(collection: str | os.PathLike, model: str | os.PathLike, work: Path, *,
                       items: int = ITEMS, queries: int = 200, added: int = UPDATE_ITEMS) -> dict:
-    """The `million` key of the benchmark report (issue 11's targets), measured end to end."""
+    """The `million` key of the benchmark report (issue 11's targets), measured end to end.
+
+    Four phases: a clean build, a build killed at half and resumed, queries, an update. Each
+    finished phase's figures are kept in WORK/million-phases.json with the load average at its
+    start (other work on the machine shows there), so an interrupted run given the same work
+    folder continues with the next phase; delete an entry to measure that phase again.
+    """
     import io
+    import json
     import shutil
     import time
 
@@ -183,64 +190,94 @@ def benchmark_million(collection: str | os.PathLike, model: str | os.PathLike, w
     from .spaces.base import Query
 
     collection = write_million(collection, items)
+    work.mkdir(parents=True, exist_ok=True)
     out, resumed_out = work / "million-index", work / "million-resumed"
     common = ["--data", str(collection), "--model", str(model)]
     report: dict = {"items": items, "collection": str(collection)}
+    saved = work / "million-phases.json"
+    phases = json.loads(saved.read_text()) if saved.is_file() else {}
 
-    clean = run_build([*common, "--out", str(out)])
+    def pending(phase: str, needs_index: bool = True) -> bool:
+        if phase in phases and (out.exists() or not needs_index):
+            report.update(phases[phase])
+            return False
+        phases["_load"] = os.getloadavg()[0]
+        return True
+
+    def record(phase: str, **figures) -> None:
+        figures[f"{phase}_load_average"] = round(phases.pop("_load"), 2)
+        phases[phase] = figures
+        saved.write_text(json.dumps(phases, indent=1))
+        report.update(figures)
+
+    if pending("clean", needs_index=False) or not out.exists():
+        phases.setdefault("_load", os.getloadavg()[0])
+        clean = run_build([*common, "--out", str(out)])
+        meta = read_meta(out)
+        record("clean", build_seconds=round(clean["seconds"], 1), build_peak_rss_mb=round(clean["peak_rss_mb"]),
+               build_peak_anon_mb=round(clean["peak_anon_mb"]),
+               build_images_per_s=round(meta["items"] / clean["seconds"]), indexed=meta["items"],
+               ingest_seconds=meta["ingest"]["seconds"], space_seconds=meta["space_seconds"],
+               maps_seconds=(meta["maps"] or {}).get("seconds"),
+               index_gb=round(sum(p.stat().st_size for p in resolve(out).iterdir()) / 2**30, 2))
     meta = read_meta(out)
-    report.update(build_seconds=round(clean["seconds"], 1), build_peak_rss_mb=round(clean["peak_rss_mb"]),
-                  build_peak_anon_mb=round(clean["peak_anon_mb"]),
-                  build_images_per_s=round(meta["items"] / clean["seconds"]), indexed=meta["items"],
-                  space_seconds=meta["space_seconds"], maps_seconds=(meta["maps"] or {}).get("seconds"),
-                  index_gb=round(sum(p.stat().st_size for p in resolve(out).iterdir()) / 2**30, 2))
 
-    # Killed when half the batches are written, then run again with the same arguments.
-    batches = meta["ingest"]["batches"]
-    def half_done() -> bool:
-        return sum(len(list(w.glob("batch-*.npz"))) for w in (work / f"{resumed_out.name}.builds").glob("*.work")) \
-            >= max(1, batches // 2)
-    killed = run_build([*common, "--out", str(resumed_out)], kill_when=half_done)
-    resumed = run_build([*common, "--out", str(resumed_out)])
-    again = read_meta(resumed_out)
-    report.update(resume_killed_at_seconds=round(killed["seconds"], 1), resume_seconds=round(resumed["seconds"], 1),
-                  resume_overhead=round((killed["seconds"] + resumed["seconds"]) / clean["seconds"], 3),
-                  resumed_batches=again["ingest"]["resumed_batches"], resume_same_items=again["items"] == meta["items"],
-                  resume_same_codes=again["checksums"]["codes.npy"] == meta["checksums"]["codes.npy"])
-    shutil.rmtree(resumed_out.with_name(resumed_out.name + ".builds"), ignore_errors=True)
-    resumed_out.unlink(missing_ok=True)
+    if pending("resume"):
+        # Killed when half the batches are written, then run again with the same arguments.
+        batches = meta["ingest"]["batches"]
+        shutil.rmtree(resumed_out.with_name(resumed_out.name + ".builds"), ignore_errors=True)
 
-    # Queries at a million items, as the page makes them: an uploaded JPEG, decoded, encoded, searched.
-    t = time.perf_counter()
-    index = Index.load(out)
-    report["load_seconds"] = round(time.perf_counter() - t, 2)
-    test_files, _ = source_images(Path(OFFLINE_HINT).parent / "test")
-    rng = np.random.default_rng(0)
-    uploads = [Path(test_files[i]).read_bytes() for i in rng.choice(len(test_files), queries, replace=False)]
-    queries_ = [Query(index.query_pixels(io.BytesIO(u))[0], index.encode) for u in uploads]
-    for name, space in index.spaces.items():
-        vectors = [space.embed(q) for q in queries_]
-        found, times = timed(lambda v: space.search(v, 10)[0], vectors)
-        report[f"{name}_p50_ms"], report[f"{name}_p95_ms"] = percentiles(times)
-        if name == "code":
-            exact = ExactCodeSearch(np.asarray(index.codes))
-            truth = [exact.search(v, 10) for v in vectors]
-            report["code_recall_at_10"] = round(recall_at(found, truth), 4)
-            del exact
-    _, times = timed(lambda u: index.search(io.BytesIO(u), 10, spaces=list(DEFAULT_SPACES)), uploads)
-    report["query_server_ms"] = percentiles(times)[0]
-    _, times = timed(lambda u: index.search(io.BytesIO(u), 10, spaces=list(index.spaces)), uploads)
-    report["query_all_spaces_ms"] = percentiles(times)[0]
-    del index
+        def half_done() -> bool:
+            return sum(len(list(w.glob("batch-*.npz")))
+                       for w in (work / f"{resumed_out.name}.builds").glob("*.work")) >= max(1, batches // 2)
+        killed = run_build([*common, "--out", str(resumed_out)], kill_when=half_done)
+        resumed = run_build([*common, "--out", str(resumed_out)])
+        again = read_meta(resumed_out)
+        record("resume", resume_killed_at_seconds=round(killed["seconds"], 1),
+               resume_seconds=round(resumed["seconds"], 1),
+               resume_overhead=round((killed["seconds"] + resumed["seconds"]) / report["build_seconds"], 3),
+               resumed_batches=again["ingest"]["resumed_batches"], resume_same_items=again["items"] == meta["items"],
+               resume_same_codes=again["checksums"]["codes.npy"] == meta["checksums"]["codes.npy"])
+        shutil.rmtree(resumed_out.with_name(resumed_out.name + ".builds"), ignore_errors=True)
+        resumed_out.unlink(missing_ok=True)
 
-    # --update after adding images to the collection; the added files are removed again afterwards.
-    folders = add_images(Path(collection), items, added)
-    try:
-        update = run_build([*common, "--out", str(out), "--update"])
-        u = read_meta(out)["update"]
-        report.update(update_seconds=round(update["seconds"], 1), update_peak_rss_mb=round(update["peak_rss_mb"]),
-                      update_added=u["added"], update_unchanged=u["unchanged"])
-    finally:
-        for folder in folders:
-            shutil.rmtree(folder, ignore_errors=True)
+    if pending("queries"):
+        # As the page makes them: an uploaded JPEG, decoded, encoded, searched.
+        t = time.perf_counter()
+        index = Index.load(out)
+        figures = {"load_seconds": round(time.perf_counter() - t, 2)}
+        test_files, _ = source_images(Path(OFFLINE_HINT).parent / "test")
+        rng = np.random.default_rng(0)
+        uploads = [Path(test_files[i]).read_bytes() for i in rng.choice(len(test_files), queries, replace=False)]
+        query_list = [Query(index.query_pixels(io.BytesIO(u))[0], index.encode) for u in uploads]
+        for name, space in index.spaces.items():
+            vectors = [space.embed(q) for q in query_list]
+            found, times = timed(lambda v: space.search(v, 10)[0], vectors)
+            figures[f"{name}_p50_ms"], figures[f"{name}_p95_ms"] = percentiles(times)
+            if name == "code":
+                exact = ExactCodeSearch(index.codes)
+                truth = [exact.search(v, 10) for v in vectors]
+                figures["code_recall_at_10"] = round(recall_at(found, truth), 4)
+                del exact
+        _, times = timed(lambda u: index.search(io.BytesIO(u), 10, spaces=list(DEFAULT_SPACES)), uploads)
+        figures["query_server_ms"] = percentiles(times)[0]
+        _, times = timed(lambda u: index.search(io.BytesIO(u), 10, spaces=list(index.spaces)), uploads)
+        figures["query_all_spaces_ms"] = percentiles(times)[0]
+        del index
+        record("queries", **figures)
+
+    if pending("update"):
+        # --update after adding images to the collection; the added files are removed again afterwards,
+        # and the index rebuilt from them is left as the clean one was (same items, re-encoded nothing).
+        folders = add_images(Path(collection), items, added)
+        try:
+            update = run_build([*common, "--out", str(out), "--update"])
+            u = read_meta(out)["update"]
+            figures = dict(update_seconds=round(update["seconds"], 1), update_peak_rss_mb=round(update["peak_rss_mb"]),
+                           update_peak_anon_mb=round(update["peak_anon_mb"]), update_added=u["added"],
+                           update_unchanged=u["unchanged"])
+        finally:
+            for folder in folders:
+                shutil.rmtree(folder, ignore_errors=True)
+        record("update", **figures)
     return report

@@ -38,6 +38,7 @@ def test_a_folder_built_in_batches_equals_the_folder_read_whole(tmp_path, collec
     assert (a["pixels"] == b["pixels"]).all() and (a["labels"] == b["labels"]).all()
     assert np.allclose(a["codes"], b["codes"], atol=1e-5)
     meta = read_meta(tmp_path / "batched")
+    assert meta["ingest"].pop("seconds") > 0
     assert meta["ingest"] == {"batches": 4, "resumed_batches": 0, "batch_size": 16, "items_read": 60}
     assert not list((tmp_path / "batched.builds").glob("*.work"))  # published: the work folder is gone
 

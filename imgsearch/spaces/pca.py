@@ -29,7 +29,8 @@ class PcaSpace(Space):
     @classmethod
     def build(cls, data: BuildInput, directory: Path) -> dict:
         pca = data.pixel_pca
-        projected = pca.project(data.pixels) / 255.0
+        projected = pca.project(data.pixels)
+        projected /= 255.0  # in place: a million rows are a gigabyte
         np.savez(directory / layout.PCA, projected=projected, **pca.arrays())
         return {"metric": cls.metric, "dims": pca.n_components, "files": [layout.PCA],
                 "settings": {"fit_rows": min(len(data.pixels), PCA_FIT_ROWS),
