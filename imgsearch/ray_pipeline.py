@@ -125,8 +125,8 @@ def ray_batches(address: str | None = None, *, encoders: int | None = None):
             ctx.enable_progress_bars = False  # ingest draws the one progress bar
             ds = (ray.data.from_items(items, override_num_blocks=len(items))
                   .map(decode_batch)
-                  .map_batches(Encoder, batch_size=1, concurrency=min(n, len(items)), num_gpus=1 if gpus else 0,
-                               num_cpus=0 if gpus else 1, batch_format="numpy",
+                  .map_batches(Encoder, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(n, len(items))),
+                               num_gpus=1 if gpus else 0, num_cpus=1, batch_format="numpy",
                                fn_constructor_kwargs={"model_args": model.args.__dict__, "state_dict": state}))
             for want, row in zip(todo, ds.iter_rows()):
                 b = int(row["batch"])

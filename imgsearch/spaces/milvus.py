@@ -45,8 +45,8 @@ from .code import METRIC, CodeSpace
 BACKEND = "milvus"
 PREFIX = "imgsearch"  # every collection this project creates starts so; pruning touches no other
 ID, VECTOR = "id", "vector"  # the two fields of every collection
-HNSW = {"M": 16, "efConstruction": 200}  # Milvus' usual graph; 50,000 codes index in ~40 s on 2 shared cores
-EF = 64  # HNSW candidates per query: top-10 recall 0.996 vs exact on the offline copy (docs/scale.md)
+HNSW = {"M": 16, "efConstruction": 200}  # Milvus' usual graph: 50,000 codes inserted, indexed and loaded in 56 s here
+EF = 64  # HNSW candidates per query: recall@10 0.992 vs exact at 50,000, p50 3.1 ms; 32 gives 0.967 (docs/scale.md)
 INSERT_ROWS = 5000  # rows per insert call: 5 MB of 256-d floats, far below gRPC's 64 MB message limit
 CONNECT_TIMEOUT = 10  # seconds: an unreachable server fails the build or the load in one sentence, soon
 INDEX_WAIT = 1800  # seconds a build waits for the server to finish the HNSW graph before publishing
@@ -149,8 +149,8 @@ def create(client, uri: str, name: str, vectors: np.ndarray, *, binary: bool, in
     if _call(uri, "look up a collection", client.has_collection, name):
         _call(uri, "drop a collection", client.drop_collection, name)  # a crashed attempt at this very build
     # Strong: the checks right after the insert see every row (Milvus 2.3 otherwise lags behind its inserts).
-    # No index yet, so not loaded: a collection loaded before its index is built serves from Milvus 2.3's
-    # interim index (recall@10 0.966 on the offline copy, whatever ef) until the server swaps segments later.
+    # No index yet, so not loaded: loaded before its index was built, a collection was served by Milvus 2.3's
+    # interim index (recall@10 0.966 at 50,000, whatever ef) until the server swapped segments, later.
     _call(uri, "create a collection", client.create_collection, name, schema=schema, consistency_level="Strong")
     try:
         for s in range(0, len(vectors), INSERT_ROWS):
