@@ -192,13 +192,11 @@ def code_index(uri: str) -> tuple[dict, dict]:
     return {"index_type": "HNSW", "metric_type": "COSINE", "params": dict(HNSW)}, {"ef": EF}
 
 
-def build_code(data: BuildInput, directory: Path, *, uri: str, ef: int = EF) -> dict:
+def build_code(data: BuildInput, directory: Path, *, uri: str) -> dict:
     uri = check_uri(uri)
     client = connect(uri)
     name = collection_name(directory, "code")
     index, search_params = code_index(uri)
-    if search_params:
-        search_params["ef"] = ef
     create(client, uri, name, np.asarray(data.codes, dtype=np.float32), binary=False, index=index)
     return {"metric": METRIC, "dims": int(data.codes.shape[1]), "files": [layout.CODES],
             "settings": section_settings(uri, name, index, search_params)}
@@ -219,8 +217,9 @@ def open_collection(data: LoadInput, section: dict, expected) -> tuple[object, d
         ids = [int(i) for i in np.linspace(0, data.items - 1, num=min(CHECKED_ITEMS, data.items)).astype(int)]
         rows = {r[ID]: r[VECTOR] for r in _call(uri, "read vectors", client.query, name, ids=ids,
                                                  output_fields=[VECTOR])}
-    except MilvusError as e:
-        raise SpaceError(str(e).rstrip(".")) from None
+    except MilvusError as e:  # Index.load words it "The code space ... is unusable: <this>; rebuild it."
+        why = str(e).rstrip(".")
+        raise SpaceError(why[0].lower() + why[1:]) from None
     want = expected(np.asarray(ids))
     for i, w in zip(ids, want):
         got = rows.get(i)
@@ -237,7 +236,7 @@ def _same(stored, want: np.ndarray) -> bool:
 
 
 class MilvusCodeSpace(CodeSpace):
-    description = "the auto-encoder's 256-d float code, in Milvus (angular: sqrt(2 - 2 cos))"
+    description = "the auto-encoder's float code, in Milvus (angular: sqrt(2 - 2 cos))"
 
     def __init__(self, client, settings: dict):
         self.client, self.uri, self.collection = client, settings["uri"], settings["collection"]
