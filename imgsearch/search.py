@@ -19,7 +19,7 @@ from .data import label_name
 from .images import PREPROCESSING, to_pixels
 from .index import DEFAULT_INDEX, IndexLoadError, read_meta, resolve, verify_checksums
 from .model import CheckpointError, encode_pixels, load_checkpoint, reconstruct
-from .spaces import DEFAULT_SPACES, SPACES, LoadInput, Query, Space, SpaceError
+from .spaces import DEFAULT_SPACES, SPACES, LoadInput, Query, Space, SpaceError, SpaceUnavailable
 
 
 @dataclass
@@ -126,6 +126,9 @@ class Index:
                 continue  # a space this version does not know (a plug-in not registered here): the others still serve
             try:
                 spaces[name] = SPACES[name].load(shared, section)
+            except SpaceUnavailable as e:  # a server down is not a damaged index: rebuilding would not help
+                raise IndexLoadError(f"The {name} space of the index at {index_dir} cannot be reached: {e}; "
+                                     "try again when it is back.") from None
             except SpaceError as e:
                 raise IndexLoadError(f"The {name} space of the index at {index_dir} is unusable: {e}; rebuild it.") from None
             except Exception as e:  # noqa: BLE001 - a plug-in space's loader may raise anything on odd files

@@ -1,5 +1,6 @@
 """Each space on tiny hand-checkable data, the registry, and exactness against brute force."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -251,5 +252,5 @@ def test_a_registered_space_shows_up_in_build_search_cli_and_app(toy_space, tmp_
     app.multiselect(key="spaces").set_value(["pixel", "brightness", "bits"]).run()
     app.number_input(key="item_number").set_value(7).run()
     assert not app.exception
-    heads = [h.value for h in app.subheader]
+    heads = [h for el in app.html for h in re.findall(r'class="ims-head"[^>]*>(.*?)</div>', el.value)]  # HTML grids
     assert [h.split(":")[0] for h in heads] == ["Pixel space", "Brightness space", "Bits space"]

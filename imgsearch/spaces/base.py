@@ -58,6 +58,10 @@ class SpaceError(ValueError):
     """A space's files do not match what meta.json says; the message says which and why."""
 
 
+class SpaceUnavailable(SpaceError):
+    """A service the space searches in (a Milvus server) cannot be reached now: the index may be fine."""
+
+
 class Space:
     name: ClassVar[str]
     title: ClassVar[str]  # column header on the page

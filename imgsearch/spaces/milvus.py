@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import layout
-from .base import BuildInput, LoadInput, SpaceError
+from .base import BuildInput, LoadInput, SpaceError, SpaceUnavailable
 from .bits import BitsSpace, binarise, fit_binariser, ITQ_ITERATIONS, BITS, WIDTHS
 from .code import METRIC, CodeSpace
 
@@ -217,9 +217,9 @@ def open_collection(data: LoadInput, section: dict, expected) -> tuple[object, d
         ids = [int(i) for i in np.linspace(0, data.items - 1, num=min(CHECKED_ITEMS, data.items)).astype(int)]
         rows = {r[ID]: r[VECTOR] for r in _call(uri, "read vectors", client.query, name, ids=ids,
                                                  output_fields=[VECTOR])}
-    except MilvusError as e:  # Index.load words it "The code space ... is unusable: <this>; rebuild it."
+    except MilvusError as e:  # Index.load words it "The code space ... cannot be reached: <this>; try again ..."
         why = str(e).rstrip(".")
-        raise SpaceError(why[0].lower() + why[1:]) from None
+        raise SpaceUnavailable(why[0].lower() + why[1:]) from None
     want = expected(np.asarray(ids))
     for i, w in zip(ids, want):
         got = rows.get(i)
