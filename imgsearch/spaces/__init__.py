@@ -27,5 +27,5 @@ def list_spaces() -> list[str]:
     return list(SPACES)
 
 
-__all__ = ["SPACES", "DEFAULT_SPACES", "register_space", "list_spaces", "Space", "SpaceError", "SpaceUnavailable", "BuildInput",
-           "LoadInput", "Query"]
+__all__ = ["SPACES", "DEFAULT_SPACES", "register_space", "list_spaces", "Space", "SpaceError", "SpaceUnavailable",
+           "BuildInput", "LoadInput", "Query"]
