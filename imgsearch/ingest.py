@@ -22,6 +22,8 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
+import sys
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -132,6 +134,19 @@ def decode_files(paths: list[str]) -> tuple[np.ndarray, np.ndarray, list[tuple[i
     return pixels, ok, errors
 
 
+def _die_with(parent: int) -> None:
+    """A decoder must not outlive its build: forked, it shares the build's open files, the build lock
+    among them, and an orphan blocked on a full result pipe would hold that lock forever (seen when
+    a build was SIGKILLed: the next build waited for a lock no build held)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the build died before the line above took effect
+        os._exit(1)
+
+
 def batch_file(work: Path, b: int) -> Path:
     return work / f"batch-{b:06d}.npz"
 
@@ -155,7 +170,7 @@ def local_batches(source: Source, model, todo: list[int], batch_size: int, worke
             px = np.ascontiguousarray(pixels[ok])
             yield b, ok, errors, px, encode_pixels(model, px)
         return
-    with ProcessPoolExecutor(workers, mp_context=DECODER_START) as pool:
+    with ProcessPoolExecutor(workers, mp_context=DECODER_START, initializer=_die_with, initargs=(os.getpid(),)) as pool:
         pending, queue = deque(), iter(todo)
 
         def submit():

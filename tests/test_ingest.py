@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import make_image, write_collection
 from imgsearch import layout
 from imgsearch.data import load_folder
-from imgsearch.index import IndexLoadError, assemble, build_index, read_meta, resolve
+from imgsearch.index import BuildBusyError, IndexLoadError, assemble, build_lock, build_index, read_meta, resolve
 from imgsearch.ingest import ingest, scan_folder
 from imgsearch.model import load_checkpoint
 
@@ -63,6 +63,15 @@ def test_a_killed_build_resumes_from_its_last_batch_and_ends_as_a_clean_build(tm
     out = tmp_path / "index"
     killed = subprocess.run([sys.executable, "-c", KILLED_BUILD, str(collection_dir), str(checkpoint), str(out), "3"])
     assert killed.returncode == -9 and not out.exists()  # nothing published
+    # Its decoding process died with it, and with that the build lock it had inherited is free.
+    deadline = time.time() + 10
+    while True:
+        try:
+            with build_lock(out, wait=False):
+                break
+        except BuildBusyError:
+            assert time.time() < deadline, "a killed build's decoder still holds the build lock"
+            time.sleep(0.2)
     work = list((tmp_path / "index.builds").glob("*.work"))
     assert len(work) == 1 and len(list(work[0].glob("batch-*.npz"))) == 3
 
