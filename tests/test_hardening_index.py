@@ -215,7 +215,7 @@ def test_a_second_build_into_the_same_out_waits_for_the_first(tmp_path, collecti
 
     def first_step(step, frac):
         events.append(("first", step))
-        if step == "encoding":
+        if step == "decoding and encoding":
             hold.wait(60)
 
     def build(name, on_step):
@@ -226,7 +226,9 @@ def test_a_second_build_into_the_same_out_waits_for_the_first(tmp_path, collecti
 
     a = threading.Thread(target=build, args=("first", first_step))
     a.start()
-    while ("first", "encoding") not in events:
+    deadline = time.time() + 120
+    while ("first", "decoding and encoding") not in events:
+        assert time.time() < deadline and a.is_alive(), f"the first build never started encoding: {events}"
         time.sleep(0.01)
     b = threading.Thread(target=build, args=("second", lambda step, frac: events.append(("second", step))))
     b.start()
