@@ -23,15 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from imgsearch.benchmark import ExactCodeSearch, percentiles, realistic_codes, recall_at, timed  # noqa: E402
-from imgsearch.index import DEFAULT_INDEX, build_index, resolve  # noqa: E402
-from imgsearch.search import Index  # noqa: E402
-from imgsearch.spaces import BuildInput, LoadInput  # noqa: E402
-from imgsearch.spaces.bits import BitsSpace  # noqa: E402
-from imgsearch.spaces.code import CodeSpace  # noqa: E402
-from imgsearch.spaces.milvus import MilvusBitsSpace, MilvusCodeSpace, connect  # noqa: E402
+from imgsearch.benchmark import ExactCodeSearch, percentiles, realistic_codes, recall_at, timed
+from imgsearch.index import DEFAULT_INDEX, build_index, resolve
+from imgsearch.search import Index
+from imgsearch.spaces import BuildInput, LoadInput
+from imgsearch.spaces.bits import BitsSpace
+from imgsearch.spaces.code import CodeSpace
+from imgsearch.spaces.milvus import MilvusBitsSpace, MilvusCodeSpace, connect
 
 EFS = (16, 32, 64, 128)  # HNSW candidates per query: the recall/latency trade-off
 LITE_QUERIES = 100  # Milvus Lite scans in Python, ~0.2 s a query at 50,000: fewer queries suffice

@@ -96,6 +96,8 @@ def test_upload_in_a_real_browser_shows_both_grids(server, browser, tmp_path):
     page.screenshot(path=str(OUTPUT / "browser-upload.png"), full_page=True)
     assert page.get_by_text("Upload: photo.jpg").count() == 1
     assert page.get_by_text("Auto-encoder: rebuilt from its 64-d code").count() == 1
+    # the pills come after the grids in the page's script: on a loaded machine they may paint a moment later
+    page.locator(".st-key-more_code button").nth(9).wait_for(timeout=30_000)
     assert page.locator(".st-key-more_pixel button").count() == 10 and page.locator(".st-key-more_code button").count() == 10
     assert page.locator(".ims-hit img").count() == 20 and all_pictures_loaded(page)
     wide = [page.locator(".ims-space").nth(0).locator("figure").nth(r).bounding_box() for r in range(5)]
