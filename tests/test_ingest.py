@@ -179,5 +179,8 @@ def test_memory_stays_flat_when_the_collection_grows(tmp_path, checkpoint):
     small = write_collection(tmp_path / "small", per_class=40)  # 120 images
     large = write_collection(tmp_path / "large", per_class=200)  # 600 images: 1.8 MB of pixels
     peaks = [ingest_peak(root, checkpoint, tmp_path / root.name, batch_size=30) for root in (small, large)]
-    assert peaks[1] < 1.3 * peaks[0], peaks  # five times the images, not five times the memory
-    assert peaks[1] < 600 * 3072  # less than the large collection's pixels alone
+    # What may grow with the collection is its list of paths (a few hundred bytes an item), never its pictures:
+    # each extra image adds far less than its own 3,072 bytes of pixels, and the whole peak stays below them.
+    per_extra_image = (peaks[1] - peaks[0]) / (600 - 120)
+    assert per_extra_image < 3072 / 2, peaks
+    assert peaks[1] < 600 * 3072, peaks
