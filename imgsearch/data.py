@@ -102,42 +102,64 @@ def _cifar10_failure(e: Exception, root) -> str:
     return f"CIFAR-10 could not be loaded from {root}/ ({type(e).__name__}{': ' + detail if detail else ''})."
 
 
-def _list_files(root: Path) -> list[Path]:
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root):
+@dataclass
+class FolderListing:
+    """The files of a folder, row-aligned: what a build reads and what `load_folder` decodes."""
+    root: str  # the folder, resolved: what meta.json calls the collection
+    paths: list[str]  # every file under root except hidden ones, in sorted walk order
+    stats: np.ndarray  # (n, 2) int64: size and modification time (ns), which tell `--update` what changed
+    labels: np.ndarray  # (n,) int64: index into `classes` of the file's first subfolder, -1 at the top level
+    classes: list[str]  # the first-level subfolders holding files, sorted
+
+
+def list_folder(root: str | os.PathLike) -> FolderListing:
+    """Every file under `root` (hidden ones excepted), sorted; the first subfolder under root names the class.
+
+    Only names and sizes are read: whether a file is an image is learnt when it is decoded.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise CollectionError(f"{root} is not a folder; use --data cifar10 or a folder of images "
+                              f"(offline: --data {OFFLINE_HINT}).")
+    base = str(root.resolve())
+    paths, stats, tops = [], [], []
+    for dirpath, dirnames, filenames in os.walk(base):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
-    return files
+        rel = os.path.relpath(dirpath, base)
+        top = None if rel == "." else rel.split(os.sep)[0]
+        for name in sorted(f for f in filenames if not f.startswith(".")):
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue  # vanished or unreadable between listing and stat: not part of the collection
+            paths.append(path)
+            stats.append((st.st_size, st.st_mtime_ns))
+            tops.append(top)
+    classes = sorted({t for t in tops if t is not None})
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.array([index[t] if t is not None else -1 for t in tops], dtype=np.int64)
+    return FolderListing(base, paths, np.array(stats, dtype=np.int64).reshape(-1, 2), labels, classes)
 
 
 def load_folder(root: str | os.PathLike, *, progress: bool = True) -> Collection:
-    """Every readable image under `root`; the first subfolder under root names the class.
+    """Every readable image under `root` (see `list_folder`), decoded into memory.
 
     Unreadable and non-image files are skipped and listed in `skipped`: one bad file
     never aborts a large build.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise CollectionError(
-            f"{root} is not a folder; use --data cifar10 or a folder of images "
-            f"(offline: --data {OFFLINE_HINT})."
-        )
-    files = _list_files(root)
-    in_subfolder = [len(f.relative_to(root).parts) > 1 for f in files]
-    classes = sorted({f.relative_to(root).parts[0] for f, sub in zip(files, in_subfolder) if sub})
-    class_index = {c: i for i, c in enumerate(classes)}
-
+    listing = list_folder(root)
     pixels, labels, paths, skipped = [], [], [], []
-    for f, sub in tqdm(list(zip(files, in_subfolder)), desc=f"reading {root.name or root}",
-                       unit="img", disable=not progress, mininterval=0.5):
+    for path, label in tqdm(list(zip(listing.paths, listing.labels)), desc=f"reading {Path(root).name or root}",
+                            unit="img", disable=not progress, mininterval=0.5):
         try:
-            pixels.append(to_pixels(f))
+            pixels.append(to_pixels(path))
         except ImageError as e:
-            skipped.append((str(f), str(e)))
+            skipped.append((path, str(e)))
             continue
-        labels.append(class_index[f.relative_to(root).parts[0]] if sub else -1)
-        paths.append(str(f.resolve()))
+        labels.append(label)
+        paths.append(path)
     if not pixels:
         raise CollectionError(f"{root} holds no readable images ({len(skipped)} files skipped).")
-    pix = np.stack(pixels)
-    return Collection(str(root.resolve()), pix, np.asarray(labels, dtype=np.int64), classes, paths, skipped)
+    return Collection(listing.root, np.stack(pixels), np.asarray(labels, dtype=np.int64), listing.classes,
+                      paths, skipped)

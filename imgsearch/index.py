@@ -206,9 +206,7 @@ class Previous:
         if layout.FILE_STATS not in meta["checksums"]:
             raise IndexLoadError(f"The index at {out} records no file sizes and times (it was built by an earlier "
                                  "version); build it once without --update.")
-        verify_checksums(directory, {"checksums": {k: v for k, v in meta["checksums"].items()
-                                                   if k in (layout.CODES, layout.PIXELS, layout.PATHS,
-                                                            layout.FILE_STATS)}}, out)
+        verify_checksums(directory, meta, out, names=(layout.CODES, layout.PIXELS, layout.PATHS, layout.FILE_STATS))
         old_paths = json.loads((directory / layout.PATHS).read_text())
         old_stats = np.load(directory / layout.FILE_STATS)
         where = {p: i for i, p in enumerate(old_paths) if p is not None}
@@ -382,9 +380,12 @@ def file_checksum(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def verify_checksums(index_dir: str | os.PathLike, meta: dict, shown: str | os.PathLike | None = None) -> None:
-    """Every file meta.json lists has the size and checksum recorded at build time, or IndexLoadError."""
+def verify_checksums(index_dir: str | os.PathLike, meta: dict, shown: str | os.PathLike | None = None,
+                     names=None) -> None:
+    """Every file meta.json lists (or those of them in `names`) has the size and checksum recorded at
+    build time, or IndexLoadError."""
     index_dir = Path(index_dir)
+    files = [(name, want) for name, want in meta["checksums"].items() if names is None or name in names]
 
     def intact(item) -> bool:
         name, want = item
@@ -396,8 +397,8 @@ def verify_checksums(index_dir: str | os.PathLike, meta: dict, shown: str | os.P
 
     # hashlib and file reads release the GIL: at a million items (~8 GB of files) two threads halve the wait.
     with ThreadPoolExecutor(CHECKSUM_THREADS) as pool:
-        results = list(pool.map(intact, meta["checksums"].items()))
-    for (name, _), ok in zip(meta["checksums"].items(), results):
+        results = list(pool.map(intact, files))
+    for (name, _), ok in zip(files, results):
         if not ok:
             raise IndexLoadError(f"{name} in the index at {shown or index_dir} is missing or corrupt (it does not match "
                                  "the checksum recorded when the index was built); rebuild it with `imgsearch build-index`.")

@@ -19,6 +19,7 @@ which let `--update` tell new and changed files from the rest), or pixels alread
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .data import Collection, CollectionError, OFFLINE_HINT
+from .data import Collection, list_folder
 from .images import ImageError, to_pixels
 from .model import encode_pixels
 
@@ -80,34 +81,9 @@ def from_collection(collection: Collection) -> Source:
 
 
 def scan_folder(root: str | os.PathLike) -> Source:
-    """Every file under `root` (hidden ones excepted), sorted; the first subfolder under root names the class.
-
-    Only names and sizes are read here: whether a file is an image is learnt when it is decoded,
-    and a file that is not is skipped then.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise CollectionError(f"{root} is not a folder; use --data cifar10 or a folder of images "
-                              f"(offline: --data {OFFLINE_HINT}).")
-    base = str(root.resolve())
-    paths, stats, tops = [], [], []
-    for dirpath, dirnames, filenames in os.walk(base):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel = os.path.relpath(dirpath, base)
-        top = None if rel == "." else rel.split(os.sep)[0]
-        for name in sorted(f for f in filenames if not f.startswith(".")):
-            path = os.path.join(dirpath, name)
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue  # vanished or unreadable between listing and stat: not part of this build
-            paths.append(path)
-            stats.append((st.st_size, st.st_mtime_ns))
-            tops.append(top)
-    classes = sorted({t for t in tops if t is not None})
-    index = {c: i for i, c in enumerate(classes)}
-    labels = np.array([index[t] if t is not None else -1 for t in tops], dtype=np.int64)
-    return Source(base, classes, labels, paths, np.array(stats, dtype=np.int64).reshape(-1, 2))
+    """The files of a folder (`data.list_folder`), to be decoded batch by batch."""
+    listing = list_folder(root)
+    return Source(listing.root, listing.classes, listing.labels, listing.paths, listing.stats)
 
 
 def source_of(data: str | Collection) -> Source:
@@ -155,37 +131,34 @@ def batch_rows(n: int, batch_size: int) -> list[range]:
     return [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
 
 
+def decoded_batches(source: Source, todo: list[int], batch_size: int, workers: int = DECODERS):
+    """Yield (batch number, pixels, readable (n,) bool, errors) for each batch in `todo`, decoding
+    ahead in `workers` processes so that the caller's work on one batch overlaps the next one's decoding."""
+    every = batch_rows(len(source), batch_size)
+    rows = [every[b] for b in todo]
+    if source.pixels is not None:  # already decoded
+        for b, r in zip(todo, rows):
+            yield b, source.pixels[r.start:r.stop], np.ones(len(r), dtype=bool), []
+    elif len(todo) <= 1:  # nothing to overlap with: a decoding process would only cost its start-up
+        for b, r in zip(todo, rows):
+            yield (b, *decode_files(source.paths[r.start:r.stop]))
+    else:
+        with ProcessPoolExecutor(workers, mp_context=DECODER_START, initializer=_die_with,
+                                 initargs=(os.getpid(),)) as pool:
+            jobs = (pool.submit(decode_files, source.paths[r.start:r.stop]) for r in rows)
+            pending = deque(next(jobs) for _ in range(min(PREFETCH + workers, len(todo))))
+            for b in todo:
+                pixels, ok, errors = pending.popleft().result()
+                pending.extend(itertools.islice(jobs, 1))  # keep the decoders PREFETCH batches ahead
+                yield b, pixels, ok, errors
+
+
 def local_batches(source: Source, model, todo: list[int], batch_size: int, workers: int = DECODERS):
-    """Yield (batch number, readable (n,) bool, errors, pixels of the readable items, their codes) for each batch
-    in `todo`, decoding ahead in `workers` processes while this process encodes."""
-    rows = batch_rows(len(source), batch_size)
-    if source.pixels is not None:  # already decoded: encoding is all there is to do
-        for b in todo:
-            px = np.ascontiguousarray(source.pixels[rows[b].start:rows[b].stop])
-            yield b, np.ones(len(px), dtype=bool), [], px, encode_pixels(model, px)
-        return
-    if len(todo) <= 1:  # nothing to overlap with: a decoding process would only cost its start-up
-        for b in todo:
-            pixels, ok, errors = decode_files(source.paths[rows[b].start:rows[b].stop])
-            px = np.ascontiguousarray(pixels[ok])
-            yield b, ok, errors, px, encode_pixels(model, px)
-        return
-    with ProcessPoolExecutor(workers, mp_context=DECODER_START, initializer=_die_with, initargs=(os.getpid(),)) as pool:
-        pending, queue = deque(), iter(todo)
-
-        def submit():
-            b = next(queue, None)
-            if b is not None:
-                pending.append((b, pool.submit(decode_files, source.paths[rows[b].start:rows[b].stop])))
-
-        for _ in range(PREFETCH + workers):
-            submit()
-        while pending:
-            b, future = pending.popleft()
-            pixels, ok, errors = future.result()
-            submit()
-            px = np.ascontiguousarray(pixels[ok])
-            yield b, ok, errors, px, encode_pixels(model, px)
+    """Yield (batch number, readable (n,) bool, errors, pixels of the readable items, their codes) for each
+    batch in `todo`: decoded in `workers` processes while this process encodes."""
+    for b, pixels, ok, errors in decoded_batches(source, todo, batch_size, workers):
+        px = np.ascontiguousarray(pixels[ok])
+        yield b, ok, errors, px, encode_pixels(model, px)
 
 
 def ingest(source: Source, model, work: Path, *, batch_size: int = BATCH, progress: bool = True,
