@@ -260,9 +260,13 @@ def results_ui(index: Index, results, spaces: list[str], query_label: str | None
     for space in spaces:
         title, hits = index.spaces[space].title, results.hits[space]
         header = f"{title}: {matches[space]}/{len(hits)} share the query's class" if space in matches else title
+        if space in results.unavailable:
+            header = f"{title}: unavailable"
         columns.append((header, hits, index.spaces[space].format_distance))
     per_row = 5 if len(spaces) <= 2 else 3  # keep thumbnails large enough to see when more spaces share the width
     st.html(results_html(columns, index.thumbnail, query_label, per_row))
+    for why in results.unavailable.values():
+        st.warning(why)
     for col, space in zip(st.columns(len(spaces), gap="large"), spaces):
         hits = results.hits[space]
         col.pills(f"More like this: {index.spaces[space].title.lower()} result", list(range(len(hits))), key=f"more_{space}",
@@ -344,7 +348,12 @@ def map_view(index: Index) -> None:
                 "Hover a larger dot for its picture; click one to make it the query.")
     query = st.session_state.get("query")
     query_id = query if isinstance(query, int) and 0 <= query < len(index) else None
-    neighbours = [h.id for h in index.search(query_id, k=10).code] if query_id is not None else []
+    neighbours = []
+    if query_id is not None:
+        results = index.search(query_id, k=10, spaces=["code"])
+        neighbours = [h.id for h in results.code]
+        for why in results.unavailable.values():
+            st.warning(why)
     st.caption(f"Map: {(index.meta['maps'] or {}).get('method', 'method not recorded')}."
                + (f" Query: item {query_id} ({index.label(query_id) or 'unlabelled'}) with its 10 code-space "
                   "neighbours." if query_id is not None else " Pick a query on the Search view, or click a point."))

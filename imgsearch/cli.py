@@ -156,14 +156,18 @@ def search_arguments(p: argparse.ArgumentParser):
             return fail(str(e), 2)
         if a.json:
             print(json.dumps(results.to_dict(), indent=1))
-            return 0
-        for name, hits in results.hits.items():
-            space = index.spaces[name]
-            print(f"\n{space.title.lower()} ({space.metric})")
-            print(f"{'rank':>4} {'id':>7} {'distance':>10}  {'label':<12} path")
-            for rank, h in enumerate(hits, 1):
-                print(f"{rank:>4} {h.id:>7} {space.format_distance(h.distance):>10}  {str(h.label or '-'):<12} {h.path or '-'}")
-        return 0
+        else:
+            for name, hits in results.hits.items():
+                if name in results.unavailable:
+                    continue
+                space = index.spaces[name]
+                print(f"\n{space.title.lower()} ({space.metric})")
+                print(f"{'rank':>4} {'id':>7} {'distance':>10}  {'label':<12} path")
+                for rank, h in enumerate(hits, 1):
+                    print(f"{rank:>4} {h.id:>7} {space.format_distance(h.distance):>10}  {str(h.label or '-'):<12} {h.path or '-'}")
+        for why in results.unavailable.values():  # the other spaces' hits are printed; the exit status says not all
+            print(f"error: {why}", file=sys.stderr)
+        return 1 if results.unavailable else 0
     return run
 
 

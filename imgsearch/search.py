@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,9 @@ class Results:
     query_pixels: np.ndarray  # (32, 32, 3) uint8: what the search actually compared
     query_id: int | None  # the query's item id when it came from the collection
     hits: dict[str, list[Hit]]  # space name -> hits, nearest first, in the order the spaces were asked for
+    # space name -> one sentence, for spaces whose server could not answer (their hits are empty): a
+    # vector database gone since the load costs its own columns, not the whole search.
+    unavailable: dict[str, str] = field(default_factory=dict)
 
     @property
     def pixel(self) -> list[Hit]:
@@ -187,12 +190,16 @@ class Index:
         pixels, item = self.query_pixels(query)
         skip = item if exclude_self else None
         q = Query(pixels, self.encode)
-        hits = {}
+        hits, unavailable = {}, {}
         for name in names:
             space = self.spaces[name]
-            ids, dists = space.search(space.embed(q), k + (skip is not None))
+            try:
+                ids, dists = space.search(space.embed(q), k + (skip is not None))
+            except SpaceUnavailable as e:
+                hits[name], unavailable[name] = [], f"The {name} space cannot be reached: {e}; try again when it is back."
+                continue
             hits[name] = [self.hit(int(i), float(d)) for i, d in zip(ids, dists) if i != skip][:k]
-        return Results(pixels, item, hits)
+        return Results(pixels, item, hits, unavailable)
 
     def hit(self, i: int, distance: float) -> Hit:
         return Hit(i, distance, self.label(i), self.paths[i])

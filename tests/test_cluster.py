@@ -265,8 +265,14 @@ def test_a_milvus_server_holds_both_spaces_through_a_rebuild(milvus_server, offl
     assert not (set(names) | {orphan}) & left and set(new_names) <= left
     assert len(Index.load(out).search(0, k=10, spaces=["code", "bits"]).code) == 10
 
-    # The server gone: loading says so in one sentence.
+    # The server gone: loading says so in one sentence, and so does a search by a page that loaded
+    # before (test_spaces checks that the other spaces still answer).
+    live = Index.load(out)
     server.stop()
     with pytest.raises(IndexLoadError) as e:
         Index.load(out)
     assert one_sentence(str(e.value)) and "cannot be reached" in str(e.value)
+    results = live.search(0, k=5, spaces=["code", "bits"])
+    assert results.code == results.hits["bits"] == []
+    assert set(results.unavailable) == {"code", "bits"}
+    assert all(one_sentence(why) and "cannot be reached" in why for why in results.unavailable.values())

@@ -11,7 +11,7 @@ from imgsearch.index import IndexLoadError, build_index, read_meta
 from imgsearch.knn import BruteForce, topk_ties_by_id
 from imgsearch.pca import fit_pca
 from imgsearch.search import Index
-from imgsearch.spaces import SPACES, BuildInput, LoadInput, Query, Space, register_space
+from imgsearch.spaces import SPACES, BuildInput, LoadInput, Query, Space, SpaceUnavailable, register_space
 from imgsearch.spaces.bits import binarise, fit_binariser, hamming, hamming_topk, word_major
 from imgsearch.spaces.pixel import PixelSpace, squared_distances
 
@@ -254,3 +254,44 @@ def test_a_registered_space_shows_up_in_build_search_cli_and_app(toy_space, tmp_
     assert not app.exception
     heads = [h for el in app.html for h in re.findall(r'class="ims-head"[^>]*>(.*?)</div>', el.value)]  # HTML grids
     assert [h.split(":")[0] for h in heads] == ["Pixel space", "Brightness space", "Bits space"]
+
+
+class GoneServerSpace(BrightnessSpace):
+    """A space whose server went away after the index was loaded (as a Milvus server may)."""
+    name = "gone"
+    title = "Gone space"
+
+    def search(self, vector, k):
+        raise SpaceUnavailable("the server at http://127.0.0.1:9 refused the connection")
+
+
+def test_a_space_whose_server_is_gone_costs_its_own_column_not_the_search(tmp_path, collection, checkpoint,
+                                                                          capsys, monkeypatch):
+    register_space(GoneServerSpace)
+    try:
+        out = tmp_path / "idx"
+        build_index(collection, checkpoint, out, maps=False, progress=False)
+        index = Index.load(out)
+        res = index.search(7, k=4, spaces=["pixel", "gone"])
+        assert len(res.pixel) == 4 and res.hits["gone"] == [] and list(res.unavailable) == ["gone"]
+        assert res.unavailable["gone"].startswith("The gone space cannot be reached: the server at")
+
+        from imgsearch.cli import main
+        from PIL import Image
+        query = tmp_path / "q.png"
+        Image.fromarray(index.pixels[7]).save(query)
+        assert main(["search", str(query), "--index", str(out), "--spaces", "pixel,gone", "-k", "3"]) == 1
+        printed = capsys.readouterr()
+        assert "pixel space" in printed.out and printed.err.startswith("error: The gone space cannot be reached")
+
+        from streamlit.testing.v1 import AppTest
+        monkeypatch.setenv("IMGSEARCH_INDEX", str(out))
+        app = AppTest.from_file(str(Path(__file__).parent.parent / "app.py"), default_timeout=60).run()
+        app.multiselect(key="spaces").set_value(["pixel", "gone"]).run()
+        app.number_input(key="item_number").set_value(7).run()
+        assert not app.exception
+        assert any("cannot be reached" in w.value for w in app.warning)
+        heads = [h for el in app.html for h in re.findall(r'class="ims-head"[^>]*>(.*?)</div>', el.value)]
+        assert heads[0].startswith("Pixel space") and heads[1] == "Gone space: unavailable"
+    finally:
+        del SPACES["gone"]

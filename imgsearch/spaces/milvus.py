@@ -49,6 +49,7 @@ HNSW = {"M": 16, "efConstruction": 200}  # Milvus' usual graph: 50,000 codes ins
 EF = 64  # HNSW candidates per query: recall@10 0.992 vs exact at 50,000, p50 3.1 ms; 32 gives 0.967 (docs/scale.md)
 INSERT_ROWS = 5000  # rows per insert call: 5 MB of 256-d floats, far below gRPC's 64 MB message limit
 CONNECT_TIMEOUT = 10  # seconds: an unreachable server fails the build or the load in one sentence, soon
+SEARCH_TIMEOUT = 5  # seconds: a query against a server gone since the load fails fast instead of hanging the page
 INDEX_WAIT = 1800  # seconds a build waits for the server to finish the HNSW graph before publishing
 CHECKED_ITEMS = 8  # vectors compared with codes.npy at load, as the Annoy loader does
 
@@ -259,9 +260,9 @@ def _search(space, vector, k: int) -> tuple[np.ndarray, np.ndarray]:
             # time tick (200 ms per query on Milvus 2.3) and still sees every row.
             hits = space.client.search(space.collection, data=[vector], limit=k, anns_field=VECTOR,
                                        output_fields=[], search_params=space.params,
-                                       consistency_level="Eventually")[0]
-    except Exception as e:  # noqa: BLE001 - a server gone since the load: one sentence for the caller
-        raise SpaceError(f"Milvus at {space.uri} failed to search {space.collection} ({_why(e)})") from None
+                                       consistency_level="Eventually", timeout=SEARCH_TIMEOUT)[0]
+    except Exception as e:  # noqa: BLE001 - a server gone since the load: the page shows the other spaces and this
+        raise SpaceUnavailable(f"Milvus at {space.uri} failed to search {space.collection} ({_why(e)})") from None
     ids = np.array([h["id"] for h in hits], dtype=np.int64)
     return ids, np.array([h["distance"] for h in hits], dtype=np.float32)
 
