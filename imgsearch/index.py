@@ -36,8 +36,8 @@ from .data import DATA_DIR, Collection, CollectionError
 from .images import PREPROCESSING
 from .ingest import BATCH, NpyWriter, batch_file, batch_rows, ingest, read_batch, source_of
 from .model import load_checkpoint
-from .projection import LANDMARKS, collection_maps
-from .spaces import SPACES, BuildInput, SpaceError
+from .projection import LANDMARKS, collection_maps, extend_maps
+from .spaces import SPACES, BuildInput, Reuse, SpaceError
 from .spaces.code import N_TREES, SEARCH_K, SEED
 
 DEFAULT_INDEX = DATA_DIR / "index"
@@ -122,7 +122,8 @@ def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLik
             codes = np.load(tmp_dir / layout.CODES, mmap_mode="r")
             pixels = np.load(tmp_dir / layout.PIXELS, mmap_mode="r")
             built, skipped_spaces, space_seconds = {}, {}, {}
-            shared = BuildInput(pixels, codes, seed=seed, options=options)
+            shared = BuildInput(pixels, codes, seed=seed, options=options,
+                                previous=previous.reuse() if previous else None)
             for n, name in enumerate(names):
                 step(f"building the {name} space", 0.6 + 0.2 * n / len(names))
                 t = time.time()
@@ -131,11 +132,16 @@ def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLik
                 except SpaceError as e:
                     skipped_spaces[name] = str(e)
                 space_seconds[name] = round(time.time() - t, 2)
-            map_seconds = None
+            map_seconds, maps_carried = None, None
             if maps:
                 step("mapping the collection in 2-D", 0.8)
                 t = time.time()
-                for space, xy in collection_maps(codes, pixels, seed=seed).items():
+                old_maps = previous and previous.reuse().maps(len(codes))
+                if old_maps:  # an update: the kept items stay where they were, the new ones are placed among them
+                    made, maps_carried = extend_maps(old_maps, previous.kept_old, codes, pixels, seed=seed), True
+                else:
+                    made = collection_maps(codes, pixels, seed=seed)
+                for space, xy in made.items():
                     np.save(tmp_dir / layout.map_file(space), xy)
                 map_seconds = round(time.time() - t, 2)
             del codes, pixels, shared
@@ -159,8 +165,10 @@ def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLik
                 "ingest": ingested,
                 "update": previous.summary(items) if previous else None,
                 "space_seconds": space_seconds,
-                "maps": {"method": MAP_METHOD, "seconds": map_seconds} if maps else None,
-                "checksums": {p.name: {"bytes": p.stat().st_size, CHECKSUM: file_checksum(p)}
+                "maps": {"method": MAP_METHOD, "seconds": map_seconds,
+                         **({"kept_from": previous.directory.name} if maps_carried else {})} if maps else None,
+                "checksums": {p.name: (previous and previous.checksum_of(p))
+                              or {"bytes": p.stat().st_size, CHECKSUM: file_checksum(p)}
                               for p in sorted(tmp_dir.iterdir()) if p.name != layout.META},
             }
             meta["build_seconds"] = round(time.time() - started, 2)
@@ -184,9 +192,9 @@ class Previous:
     pixels and code are reused. Everything else in the folder is new (or changed) and encoded.
     """
 
-    def __init__(self, directory: Path, kept_old: np.ndarray, kept_rows: np.ndarray, new_rows: np.ndarray,
-                 changed: int, removed: int):
-        self.directory = directory
+    def __init__(self, directory: Path, meta: dict, kept_old: np.ndarray, kept_rows: np.ndarray,
+                 new_rows: np.ndarray, changed: int, removed: int):
+        self.directory, self.meta = directory, meta
         self.kept_old, self.kept_rows, self.new_rows = kept_old, kept_rows, new_rows  # old ids; source rows
         self.changed, self.removed = changed, removed
 
@@ -221,7 +229,21 @@ class Previous:
                 changed += old is not None
         removed = len(old_paths) - len(kept_old) - changed
         as_ids = lambda x: np.asarray(x, dtype=np.int64)
-        return cls(directory, as_ids(kept_old), as_ids(kept_rows), as_ids(new_rows), changed, removed)
+        return cls(directory, meta, as_ids(kept_old), as_ids(kept_rows), as_ids(new_rows), changed, removed)
+
+    def reuse(self) -> Reuse:
+        """What the spaces may carry over from the previous build; each file is checksummed before it is read."""
+        return Reuse(self.directory, self.meta, self.kept_old,
+                     check=lambda name: verify_checksums(self.directory, self.meta, names=(name,)))
+
+    def checksum_of(self, path: Path) -> dict | None:
+        """The recorded checksum of a file the new build shares with the previous one (a hard link)."""
+        old = self.directory / path.name
+        try:
+            same = old.exists() and os.path.samefile(old, path)
+        except OSError:
+            same = False
+        return self.meta["checksums"].get(path.name) if same else None
 
     def summary(self, items: int) -> dict:
         return {"previous_build": self.directory.name, "unchanged": len(self.kept_old),

@@ -21,7 +21,7 @@ class PCA:
 
     def project(self, x: np.ndarray, chunk: int = 8192) -> np.ndarray:
         """(N, D) -> (N, n) float32, in chunks so a uint8 collection is never copied whole as floats."""
-        x2 = np.asarray(x).reshape(len(x), -1)
+        x2 = np.asarray(x).reshape(len(x), self.components.shape[0])  # not -1: an update may project no rows
         out = np.empty((len(x2), self.n_components), dtype=np.float32)
         for s in range(0, len(x2), chunk):
             out[s:s + chunk] = (x2[s:s + chunk].astype(np.float32) - self.mean) @ self.components

@@ -48,13 +48,38 @@ def landmark_tsne(features: np.ndarray, *, landmarks: int = LANDMARKS, seed: int
     out = np.empty((n, 2), dtype=np.float32)
     out[marks] = layout
     rest = np.setdiff1d(np.arange(n), marks)
-    lm = x[marks]
+    out[rest] = place_among(x[rest], x[marks], layout)
+    return out
+
+
+def place_among(x: torch.Tensor, marks: torch.Tensor, marks_xy: np.ndarray) -> np.ndarray:
+    """(n, 2): each row of x (unit length) at the similarity-weighted mean of its nearest landmarks' places."""
+    out = np.empty((len(x), 2), dtype=np.float32)
     k = min(NEIGHBOURS, len(marks))
-    for s in range(0, len(rest), 4096):
-        rows = rest[s:s + 4096]
-        sim, idx = torch.topk(x[rows] @ lm.T, k, dim=1)
+    for s in range(0, len(x), 4096):
+        sim, idx = torch.topk(x[s:s + 4096] @ marks.T, k, dim=1)
         w = torch.softmax(sim / 0.05, dim=1).numpy()  # sharp: a point sits near its closest landmarks
-        out[rows] = (w[..., None] * layout[idx.numpy()]).sum(1)
+        out[s:s + 4096] = (w[..., None] * marks_xy[idx.numpy()]).sum(1)
+    return out
+
+
+def extend_maps(old_maps: dict[str, np.ndarray], kept_old: np.ndarray, codes: np.ndarray, pixels: np.ndarray,
+                seed: int = 0) -> dict[str, np.ndarray]:
+    """An update's maps: rows 0 ... kept - 1 are the previous build's items `kept_old` and keep their
+    places (a person who knew the map still finds their way); each new row is placed among a seeded
+    sample of kept items, as the landmark layout places its non-landmarks."""
+    kept, n = len(kept_old), len(codes)
+    out = {space: np.empty((n, 2), dtype=np.float32) for space in old_maps}
+    for space in out:
+        out[space][:kept] = old_maps[space][kept_old]
+    if n == kept:
+        return out
+    marks = np.sort(np.random.default_rng(seed).choice(kept, min(LANDMARKS, kept), replace=False))
+    rows = np.concatenate([marks, np.arange(kept, n)])  # the landmarks and the new items, sorted: a memory map reads forward
+    features = {"code": codes[rows], "pixel": pixel_features(pixels[rows], seed=seed)}
+    for space in out:
+        x = _normalise(features[space])  # centred on these rows alone: only their directions are compared
+        out[space][kept:] = place_among(x[len(marks):], x[:len(marks)], out[space][marks])
     return out
 
 

@@ -184,3 +184,79 @@ def test_memory_stays_flat_when_the_collection_grows(tmp_path, checkpoint):
     per_extra_image = (peaks[1] - peaks[0]) / (600 - 120)
     assert per_extra_image < 3072 / 2, peaks
     assert peaks[1] < 600 * 3072, peaks
+
+
+def angular(codes: np.ndarray, q: np.ndarray) -> np.ndarray:
+    unit = codes / np.linalg.norm(codes, axis=1, keepdims=True)
+    return np.sqrt(np.maximum(2 - 2 * unit @ (q / np.linalg.norm(q)), 0))
+
+
+def test_an_update_carries_the_previous_build_over_and_answers_as_exact_search(tmp_path, checkpoint):
+    from imgsearch.search import Index
+    from imgsearch.spaces.bits import hamming
+
+    data = write_collection(tmp_path / "data", per_class=40)  # 120 images
+    out = tmp_path / "index"
+    build_index(str(data), checkpoint, out, batch_size=32, progress=False)
+    first = resolve(out)
+    before = Index.load(out)
+    Image.fromarray(make_image(1, seed=901)).save(data / "green" / "new0.png")
+    Image.fromarray(make_image(2, seed=902)).save(data / "blue" / "new1.png")
+    Image.fromarray(make_image(0, seed=903)).save(data / "red" / "003.png")  # changed
+    touch_later(data / "red" / "003.png")
+    (data / "green" / "005.png").unlink()
+    build_index(str(data), checkpoint, out, update=True, batch_size=32, progress=False)
+    meta, now = read_meta(out), resolve(out)
+    assert (meta["update"]["added"], meta["update"]["changed"], meta["update"]["removed"]) == (2, 1, 1)
+
+    # The same Annoy trees (one file, two links), with 3 rows outside them and 2 removed items inside.
+    code = meta["spaces"]["code"]
+    assert layout.ANNOY_ROWS in code["files"] and os.path.samefile(first / layout.ANNOY, now / layout.ANNOY)
+    assert (code["settings"]["outside_trees"], code["settings"]["removed_from_trees"]) == (3, 2)
+    assert meta["checksums"][layout.ANNOY] == read_meta(first)["checksums"][layout.ANNOY]
+    for name in ("pixel", "pca", "bits", "code"):
+        assert meta["spaces"][name]["settings"]["fitted_in"] == first.name, name
+    assert meta["maps"]["kept_from"] == first.name
+
+    index = Index.load(out)
+    kept = [before.paths.index(p) for p in index.paths[:meta["update"]["unchanged"]]]
+    assert (index.spaces["pca"].projected[:len(kept)] == before.spaces["pca"].projected[kept]).all()
+    assert (index.spaces["bits"].columns[:, :len(kept)] == before.spaces["bits"].columns[:, kept]).all()
+    for space in ("code", "pixel"):
+        assert (index.maps[space][:len(kept)] == before.maps[space][kept]).all()
+        assert np.isfinite(index.maps[space]).all() and len(index.maps[space]) == len(index)
+
+    # Every space answers as exact search over what the updated index holds (Annoy made exact by search_k).
+    flat = index.pixels.reshape(len(index), -1).astype(np.int64)
+    for q in (0, 50, len(index) - 1):  # a kept item, another, a new one
+        ids, _ = index.spaces["code"].search(index.codes[q], 10, search_k=10**6)
+        d = angular(index.codes, index.codes[q])
+        assert np.allclose(np.sort(d[ids]), np.sort(d)[:10], atol=1e-5)
+        ids, _ = index.spaces["pixel"].search(index.pixels[q], 10)
+        assert list(ids) == list(np.lexsort((np.arange(len(index)), ((flat - flat[q]) ** 2).sum(1)))[:10])
+        bits = index.spaces["bits"]
+        ids, dist = bits.search(bits.embed_many(None, index.codes[q:q + 1])[0], 10)
+        assert list(dist) == sorted(hamming(bits.columns, bits.columns[:, q]))[:10]
+
+
+def test_an_update_past_the_stale_share_builds_the_trees_again(tmp_path, checkpoint):
+    data = write_collection(tmp_path / "data", per_class=20)  # 60 images
+    out = tmp_path / "index"
+    build_index(str(data), checkpoint, out, maps=False, progress=False)
+    first = resolve(out)
+    for i in range(6):  # 10% new
+        Image.fromarray(make_image(i % 3, seed=950 + i)).save(data / "red" / f"new{i}.png")
+    build_index(str(data), checkpoint, out, update=True, maps=False, progress=False)
+    code = read_meta(out)["spaces"]["code"]
+    assert layout.ANNOY_ROWS not in code["files"] and "fitted_in" not in code["settings"]
+    assert not os.path.samefile(first / layout.ANNOY, resolve(out) / layout.ANNOY)
+
+
+def test_an_update_refuses_a_damaged_file_it_would_carry_over(tmp_path, collection_dir, checkpoint):
+    out = tmp_path / "index"
+    build_index(str(collection_dir), checkpoint, out, maps=False, progress=False)
+    with open(resolve(out) / layout.PCA, "r+b") as f:
+        f.seek(200)
+        f.write(b"\xff" * 8)
+    with pytest.raises(IndexLoadError, match="pca.npz .*missing or corrupt"):
+        build_index(str(collection_dir), checkpoint, out, update=True, maps=False, progress=False)

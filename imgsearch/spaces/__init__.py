@@ -7,7 +7,7 @@ Adding a space: write a module with a `Space` subclass, and add it to the tuple 
 """
 from __future__ import annotations
 
-from .base import BuildInput, LoadInput, Query, Space, SpaceError, SpaceUnavailable
+from .base import BuildInput, LoadInput, Query, Reuse, Space, SpaceError, SpaceUnavailable
 from .bits import BitsSpace
 from .code import CodeSpace
 from .pca import PcaSpace
@@ -27,5 +27,5 @@ def list_spaces() -> list[str]:
     return list(SPACES)
 
 
-__all__ = ["SPACES", "DEFAULT_SPACES", "register_space", "list_spaces", "Space", "SpaceError", "SpaceUnavailable",
+__all__ = ["SPACES", "DEFAULT_SPACES", "register_space", "list_spaces", "Space", "SpaceError", "SpaceUnavailable", "Reuse",
            "BuildInput", "LoadInput", "Query"]

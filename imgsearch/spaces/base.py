@@ -13,10 +13,71 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
+from .. import layout
 from ..pca import PCA, fit_pca
 
 PIXEL_PCA_COMPONENTS = 256  # the pca space's length (the code's), and the pixel bound uses its first few
 PCA_FIT_ROWS = 20_000  # a seeded sample fits the components as well as the whole collection, in seconds
+# An update keeps what the previous build fitted (PCA, ITQ) while at least this share of its items were in
+# the fitted collection: the fit was made on a sample anyway, and a few new images do not move it.
+REFIT_BELOW_SHARE = 0.5
+
+
+@dataclass
+class Reuse:
+    """For `build-index --update`: the previous build, and where its kept items are now.
+
+    Rows 0 ... kept - 1 of the new build are the previous build's items `kept_old`, in that order;
+    the rows after them are new. A space may carry over what it fitted (a PCA, a rotation, Annoy's
+    trees) and its kept rows, and compute only the new rows, instead of building from scratch.
+    """
+    directory: Path  # the previous build
+    meta: dict  # its meta.json
+    kept_old: np.ndarray  # (kept,) int64: old ids of the kept items, in new-row order
+    check: Callable[[str], None] = lambda name: None  # raises when a file differs from its recorded checksum
+
+    @property
+    def kept(self) -> int:
+        return len(self.kept_old)
+
+    def section(self, name: str) -> dict | None:
+        """The previous build's meta.json section of space `name`, or None when it had none."""
+        return self.meta["spaces"].get(name)
+
+    def load_npz(self, name: str, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """A file of the previous build, checked against its recorded checksum first."""
+        self.check(name)
+        return load_npz(LoadInput(self.directory, self.meta["items"], None, None), name, keys)
+
+    def load_npy(self, name: str) -> np.ndarray:
+        self.check(name)
+        try:
+            return np.load(self.directory / name, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise SpaceError(f"{name} of the previous build is missing or corrupt ({type(e).__name__})") from None
+
+    def usable_section(self, name: str, items: int) -> dict | None:
+        """The previous section of space `name` when this build may carry it over: the space was built
+        locally (a Milvus collection is rebuilt), and most of the new build's items were in it."""
+        section = self.section(name)
+        if section is None or section["settings"].get("backend") == "milvus":
+            return None
+        return section if self.kept >= REFIT_BELOW_SHARE * items else None
+
+    def maps(self, items: int) -> dict[str, np.ndarray] | None:
+        """The previous build's 2-D maps (space -> (old items, 2)), when it has them and most items are kept."""
+        names = {space: layout.map_file(space) for space in ("code", "pixel")}
+        if self.kept < REFIT_BELOW_SHARE * items or not all(n in self.meta["checksums"] for n in names.values()):
+            return None
+        return {space: self.load_npy(name) for space, name in names.items()}
+
+    def fitted_in(self, section: dict) -> str:
+        """The build that fitted what a carried-over section holds (recorded as settings["fitted_in"])."""
+        return section["settings"].get("fitted_in") or self.directory.name
+
+    def carried(self, array: np.ndarray, new: np.ndarray) -> np.ndarray:
+        """The kept items' rows of a previous per-item `array`, then the `new` rows."""
+        return np.concatenate([np.asarray(array)[self.kept_old], np.asarray(new, dtype=array.dtype)])
 
 
 @dataclass
@@ -26,6 +87,7 @@ class BuildInput:
     codes: np.ndarray  # (N, code_dim) float32: the auto-encoder's codes
     seed: int = 0
     options: dict = field(default_factory=dict)  # space name -> keyword options (n_trees, bits, ...)
+    previous: Reuse | None = None  # an update's previous build, whose work a space may carry over
 
     @cached_property
     def pixel_pca(self) -> PCA:

@@ -173,11 +173,21 @@ class BitsSpace(Space):
         if bits > data.codes.shape[1]:
             raise SpaceError(f"{bits} bits need a code of at least {bits} dimensions; the model's has "
                              f"{data.codes.shape[1]}")
-        mean, projection = fit_binariser(data.codes, bits, method=method, seed=data.seed)
-        columns = word_major(binarise(data.codes, mean, projection))
+        settings = {"method": method, "itq_iterations": ITQ_ITERATIONS if method == "itq" else 0}
+        reuse = data.previous and data.previous.usable_section(cls.name, len(data.codes))
+        if reuse and reuse["bits"] == bits and reuse["settings"]["method"] == method:
+            # An update: the previous rotation, its kept items' bits, and only the new items binarised.
+            old = data.previous.load_npz(layout.BITS, ("columns", "mean", "projection"))
+            mean, projection = old["mean"], old["projection"]
+            new = binarise(data.codes[data.previous.kept:], mean, projection)
+            columns = np.concatenate([old["columns"][:, data.previous.kept_old], word_major(new)], axis=1)
+            settings["fitted_in"] = data.previous.fitted_in(reuse)
+        else:
+            mean, projection = fit_binariser(data.codes, bits, method=method, seed=data.seed)
+            columns = word_major(binarise(data.codes, mean, projection))
         np.savez(directory / layout.BITS, columns=columns, mean=mean, projection=projection)
         return {"metric": cls.metric, "bits": bits, "bytes_per_item": bits // 8, "files": [layout.BITS],
-                "settings": {"method": method, "itq_iterations": ITQ_ITERATIONS if method == "itq" else 0}}
+                "settings": settings}
 
     @classmethod
     def load(cls, data: LoadInput, section: dict) -> "BitsSpace":

@@ -3,9 +3,18 @@
 Annoy keeps no dimension, metric or id map in its file, so meta.json records them, and the
 load checks the file's size and a few stored vectors against codes.npy before any search: a
 damaged Annoy file can crash the process instead of raising.
+
+Annoy's trees cannot take new items, and building them is most of a build's time at a million
+images. So `build-index --update` keeps the previous trees (the same file, hard-linked) while
+they still cover most of the collection: `code_ann_rows.npy` maps each Annoy item to its row
+now (-1 for an item whose file is gone), and the rows outside the trees, the new items, are
+searched exactly beside them. When those rows and the removed items pass STALE_SHARE of the
+collection, the update builds the trees again.
 """
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +27,9 @@ METRIC = "angular"  # cosine: the codes are trained with a cosine (InfoNCE) obje
 N_TREES = 20  # from the sweep in docs/speed.md: more trees barely help at a given search_k,
 SEARCH_K = 10_000  # which sets the latency; 10,000 keeps recall@10 above 0.98 with a margin, under 1 ms
 SEED = 0  # Annoy's tree-splitting seed: the same inputs give a byte-identical index
+# Rows outside the trees (searched exactly: ~0.3 ms per 10,000) plus removed items (skipped in
+# the trees' answers) at most this share of the collection before an update rebuilds the trees.
+STALE_SHARE = 0.05
 
 
 def build_annoy(codes: np.ndarray, n_trees: int, *, seed: int = SEED, path: Path | None = None,
@@ -43,8 +55,14 @@ class CodeSpace(Space):
     description = "the auto-encoder's 256-d float code, Annoy (angular: sqrt(2 - 2 cos))"
     metric = METRIC
 
-    def __init__(self, ann: AnnoyIndex, search_k: int):
+    def __init__(self, ann: AnnoyIndex, search_k: int, ann_rows: np.ndarray | None = None,
+                 outside: np.ndarray | None = None, outside_codes: np.ndarray | None = None):
         self.ann, self.search_k = ann, search_k
+        self.ann_rows = ann_rows  # Annoy item -> row (-1: removed), or None when item i is row i
+        self.outside = outside if outside is not None else np.empty(0, dtype=np.int64)  # rows not in the trees
+        self.outside_unit = (None if outside_codes is None else  # their codes at unit length: cosine is a dot
+                             outside_codes / np.maximum(np.linalg.norm(outside_codes, axis=1, keepdims=True), 1e-12))
+        self.removed = 0 if ann_rows is None else int((ann_rows < 0).sum())
 
     @classmethod
     def build(cls, data: BuildInput, directory: Path, *, n_trees: int = N_TREES, search_k: int = SEARCH_K,
@@ -54,12 +72,46 @@ class CodeSpace(Space):
             return build_code(data, directory, uri=uri)
         if backend != "annoy":
             raise SpaceError(f"the code space's backend is annoy or milvus, not {backend!r}")
+        settings = {"n_trees": n_trees, "search_k": search_k, "seed": data.seed}
+        kept_trees = cls._keep_trees(data, directory, settings)
+        if kept_trees:
+            return kept_trees
         ann = build_annoy(data.codes, n_trees, seed=data.seed)
         ann.save(str(directory / layout.ANNOY))
         ann.unload()
         return {"metric": METRIC, "dims": int(data.codes.shape[1]), "files": [layout.CODES, layout.ANNOY],
-                "settings": {"n_trees": n_trees, "search_k": search_k, "seed": data.seed,
-                             "ann_bytes": (directory / layout.ANNOY).stat().st_size}}
+                "settings": {**settings, "ann_bytes": (directory / layout.ANNOY).stat().st_size}}
+
+    @classmethod
+    def _keep_trees(cls, data: BuildInput, directory: Path, settings: dict) -> dict | None:
+        """An update's code space on the previous build's trees, or None when they must be built again
+        (no previous build, other settings, or more than STALE_SHARE of the collection outside them)."""
+        previous = data.previous
+        old = previous and previous.usable_section(cls.name, len(data.codes))
+        if not old or any(old["settings"].get(key) != value for key, value in settings.items()):
+            return None
+        if layout.ANNOY_ROWS in old["files"]:
+            old_rows = previous.load_npy(layout.ANNOY_ROWS)
+        else:
+            old_rows = np.arange(previous.meta["items"], dtype=np.int64)
+        row_now = np.full(previous.meta["items"], -1, dtype=np.int64)
+        row_now[previous.kept_old] = np.arange(previous.kept)
+        ann_rows = np.where(old_rows >= 0, row_now[np.maximum(old_rows, 0)], -1)
+        outside = np.setdiff1d(np.arange(len(data.codes)), ann_rows)
+        removed = int((ann_rows < 0).sum())
+        if len(outside) + removed > STALE_SHARE * len(data.codes):
+            return None
+        previous.check(layout.ANNOY)
+        try:  # the same trees: a hard link costs no copy and no disk
+            os.link(previous.directory / layout.ANNOY, directory / layout.ANNOY)
+        except OSError:  # another file system, or links not allowed
+            shutil.copyfile(previous.directory / layout.ANNOY, directory / layout.ANNOY)
+        np.save(directory / layout.ANNOY_ROWS, ann_rows)
+        return {"metric": METRIC, "dims": int(data.codes.shape[1]),
+                "files": [layout.CODES, layout.ANNOY, layout.ANNOY_ROWS],
+                "settings": {**settings, "ann_bytes": old["settings"]["ann_bytes"],
+                             "fitted_in": previous.fitted_in(old), "outside_trees": len(outside),
+                             "removed_from_trees": removed}}
 
     @classmethod
     def load(cls, data: LoadInput, section: dict) -> "CodeSpace":
@@ -75,13 +127,20 @@ class CodeSpace(Space):
             ann.load(str(path))  # memory-mapped: shared between processes, not copied
         except OSError as e:
             raise SpaceError(f"{layout.ANNOY} could not be loaded ({e})") from None
-        if ann.get_n_items() != data.items:
-            raise SpaceError(f"{layout.ANNOY} holds {ann.get_n_items()} items, meta.json says {data.items}")
-        for i in np.linspace(0, data.items - 1, num=min(8, data.items)).astype(int):
-            stored = np.asarray(ann.get_item_vector(int(i)), dtype=np.float32)
-            if not np.allclose(stored, data.codes[i], rtol=1e-4, atol=1e-5):
-                raise SpaceError(f"{layout.ANNOY} and {layout.CODES} disagree at item {i}")
-        return cls(ann, int(s["search_k"]))
+        ann_rows, outside = None, None
+        if layout.ANNOY_ROWS in section["files"]:
+            ann_rows, outside = _segments(data, s)
+        if ann.get_n_items() != (data.items if ann_rows is None else len(ann_rows)):
+            raise SpaceError(f"{layout.ANNOY} holds {ann.get_n_items()} items, meta.json says "
+                             f"{data.items if ann_rows is None else len(ann_rows)}")
+        n = ann.get_n_items()
+        for j in np.linspace(0, n - 1, num=min(8, n)).astype(int):
+            row = int(j) if ann_rows is None else int(ann_rows[j])
+            stored = np.asarray(ann.get_item_vector(int(j)), dtype=np.float32)
+            if row >= 0 and not np.allclose(stored, data.codes[row], rtol=1e-4, atol=1e-5):
+                raise SpaceError(f"{layout.ANNOY} and {layout.CODES} disagree at item {row}")
+        return cls(ann, int(s["search_k"]), ann_rows, outside,
+                   None if outside is None else np.asarray(data.codes[outside], dtype=np.float32))
 
     def embed(self, query: Query) -> np.ndarray:
         return query.code
@@ -90,6 +149,45 @@ class CodeSpace(Space):
         return codes
 
     def search(self, vector: np.ndarray, k: int, search_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        ids, dists = self.ann.get_nns_by_vector(vector, k, search_k=max(search_k or self.search_k, k),
-                                                include_distances=True)
-        return np.asarray(ids, dtype=np.int64), np.asarray(dists, dtype=np.float32)
+        search_k = max(search_k or self.search_k, k)
+        if self.ann_rows is None:
+            ids, dists = self.ann.get_nns_by_vector(vector, k, search_k=search_k, include_distances=True)
+            return np.asarray(ids, dtype=np.int64), np.asarray(dists, dtype=np.float32)
+        # The trees' answer without removed items: ask for a few more than k, and more again in the rare
+        # case that removed items still leave fewer than k.
+        asked = k + min(self.removed, 2 + k // 2)
+        while True:
+            items, dists = self.ann.get_nns_by_vector(vector, asked, search_k=max(search_k, asked),
+                                                      include_distances=True)
+            rows = self.ann_rows[np.asarray(items, dtype=np.int64)]
+            live = rows >= 0
+            if live.sum() >= k or asked >= self.ann.get_n_items():
+                break
+            asked *= 2
+        ids, dists = rows[live][:k], np.asarray(dists, dtype=np.float32)[live][:k]
+        if len(self.outside):  # the rows outside the trees, exactly; Annoy's angular distance is sqrt(2 - 2 cos)
+            q = np.asarray(vector, dtype=np.float32)
+            cos = self.outside_unit @ (q / max(float(np.linalg.norm(q)), 1e-12))
+            near = np.argsort(-cos, kind="stable")[:k]
+            ids = np.concatenate([ids, self.outside[near]])
+            dists = np.concatenate([dists, np.sqrt(np.maximum(2 - 2 * cos[near], 0)).astype(np.float32)])
+            best = np.lexsort((ids, dists))[:k]
+            ids, dists = ids[best], dists[best]
+        return ids, dists
+
+
+def _segments(data: LoadInput, settings: dict) -> tuple[np.ndarray, np.ndarray]:
+    """code_ann_rows.npy, checked, and the rows outside the trees."""
+    try:
+        ann_rows = np.load(data.directory / layout.ANNOY_ROWS, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise SpaceError(f"{layout.ANNOY_ROWS} is missing or corrupt ({type(e).__name__})") from None
+    ok = ann_rows.ndim == 1 and ann_rows.dtype.kind == "i" and (not len(ann_rows) or ann_rows.min() >= -1)
+    live = ann_rows[ann_rows >= 0] if ok else None
+    if live is None or (len(live) and (live.max() >= data.items or len(np.unique(live)) != len(live))):
+        raise SpaceError(f"{layout.ANNOY_ROWS} does not map the Annoy items to distinct items of this index")
+    outside = np.setdiff1d(np.arange(data.items), live)
+    if len(outside) != settings.get("outside_trees"):
+        raise SpaceError(f"{layout.ANNOY_ROWS} leaves {len(outside)} items outside the trees, meta.json says "
+                         f"{settings.get('outside_trees')}")
+    return ann_rows, outside

@@ -28,13 +28,22 @@ class PcaSpace(Space):
 
     @classmethod
     def build(cls, data: BuildInput, directory: Path) -> dict:
-        pca = data.pixel_pca
-        projected = pca.project(data.pixels)
-        projected /= 255.0  # in place: a million rows are a gigabyte
+        reuse = data.previous and data.previous.usable_section(cls.name, len(data.pixels))
+        if reuse:  # an update: the previous components, its kept rows, and only the new rows projected
+            old = data.previous.load_npz(layout.PCA, ("mean", "components", "variance", "total_variance", "projected"))
+            pca = PCA(old["mean"], old["components"], old["variance"], float(old["total_variance"]))
+            new = pca.project(data.pixels[data.previous.kept:])
+            new /= 255.0
+            projected = data.previous.carried(old["projected"], new)
+            settings = {**reuse["settings"], "fitted_in": data.previous.fitted_in(reuse)}
+        else:
+            pca = data.pixel_pca
+            projected = pca.project(data.pixels)
+            projected /= 255.0  # in place: a million rows are a gigabyte
+            settings = {"fit_rows": min(len(data.pixels), PCA_FIT_ROWS),
+                        "explained_variance": round(float(pca.variance.sum() / pca.total_variance), 4)}
         np.savez(directory / layout.PCA, projected=projected, **pca.arrays())
-        return {"metric": cls.metric, "dims": pca.n_components, "files": [layout.PCA],
-                "settings": {"fit_rows": min(len(data.pixels), PCA_FIT_ROWS),
-                             "explained_variance": round(float(pca.variance.sum() / pca.total_variance), 4)}}
+        return {"metric": cls.metric, "dims": pca.n_components, "files": [layout.PCA], "settings": settings}
 
     @classmethod
     def load(cls, data: LoadInput, section: dict) -> "PcaSpace":

@@ -43,16 +43,24 @@ class PixelSpace(Space):
 
     @classmethod
     def build(cls, data: BuildInput, directory: Path) -> dict:
-        pca = data.pixel_pca
-        fine_dims = min(FINE_DIMS, pca.n_components)
-        coarse_dims = min(COARSE_DIMS, fine_dims)
-        basis = np.ascontiguousarray(pca.components[:, :fine_dims])
-        coarse, fine, totals = bound_rows(data.pixels, pca.mean, basis, coarse_dims)
-        np.savez(directory / layout.PIXEL_BOUND, mean=pca.mean, basis=basis, coarse_dims=np.int64(coarse_dims),
+        reuse = data.previous and data.previous.usable_section(cls.name, len(data.pixels))
+        if reuse:  # an update: the previous subspace, its kept rows, and bounds for the new rows only
+            old = data.previous.load_npz(layout.PIXEL_BOUND, ("mean", "basis", "coarse_dims", "coarse", "fine", "totals"))
+            mean, basis, coarse_dims = old["mean"], old["basis"], int(old["coarse_dims"])
+            coarse, fine, totals = (data.previous.carried(old[key], new) for key, new in zip(
+                ("coarse", "fine", "totals"), bound_rows(data.pixels[data.previous.kept:], mean, basis, coarse_dims)))
+        else:
+            pca = data.pixel_pca
+            fine_dims = min(FINE_DIMS, pca.n_components)
+            coarse_dims = min(COARSE_DIMS, fine_dims)
+            mean, basis = pca.mean, np.ascontiguousarray(pca.components[:, :fine_dims])
+            coarse, fine, totals = bound_rows(data.pixels, mean, basis, coarse_dims)
+        np.savez(directory / layout.PIXEL_BOUND, mean=mean, basis=basis, coarse_dims=np.int64(coarse_dims),
                  coarse=coarse, fine=fine, totals=totals)
         return {"metric": cls.metric, "dims": int(data.pixels[0].size), "files": [layout.PIXELS, layout.PIXEL_BOUND],
                 "settings": {"search": "exact: PCA lower bounds prune, exact distances decide",
-                             "coarse_dims": coarse_dims, "fine_dims": fine_dims}}
+                             "coarse_dims": coarse_dims, "fine_dims": int(basis.shape[1]),
+                             **({"fitted_in": data.previous.fitted_in(reuse)} if reuse else {})}}
 
     @classmethod
     def load(cls, data: LoadInput, section: dict) -> "PixelSpace":
@@ -111,7 +119,7 @@ def bound_rows(pixels: np.ndarray, mean: np.ndarray, basis: np.ndarray, coarse_d
     so that totals_x + total_q - 2 [y_x, r_x].[y_q, r_q] is a safe lower bound of ||x - q||^2 in
     either subspace despite float32 rounding. All float32: a float64 operand would make numpy
     copy the whole table on every query."""
-    flat = pixels.reshape(len(pixels), -1)
+    flat = pixels.reshape(len(pixels), basis.shape[0])
     fine_dims = basis.shape[1]
     coarse = np.empty((len(flat), coarse_dims + 1), dtype=np.float32)
     fine = np.empty((len(flat), fine_dims + 1), dtype=np.float32)
