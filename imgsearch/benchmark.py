@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -227,6 +228,20 @@ def run_benchmark(collection: Collection, model_path, *, queries: int = 1000, sc
 
 def print_report(r: dict) -> None:
     """The benchmark's figures as a short table on stdout."""
+    if "items" in r:
+        print_collection_report(r)
+    if "million" in r:
+        m = defaultdict(lambda: float("nan"), r["million"])  # a phase not measured yet prints as nan
+        print(f"million: {m['indexed']:,} JPEGs built in {m['build_seconds']:.0f} s = {m['build_images_per_s']:,} images/s, "
+              f"peak RSS {m['build_peak_rss_mb']:,} MB; killed at half and resumed: {m['resume_overhead']:.2f}x a clean "
+              f"build; --update with {m['update_added']:,} new: {m['update_seconds']:.0f} s; load {m['load_seconds']:.1f} s")
+        print(f"  at {m['indexed']:,} items p50: pixel {m['pixel_p50_ms']:.1f} ms, code {m['code_p50_ms']:.2f} ms "
+              f"(recall@10 {m['code_recall_at_10']:.3f}), bits {m['bits_p50_ms']:.2f} ms, "
+              f"pca {m['pca_p50_ms']:.1f} ms; a page query {m['query_server_ms']:.0f} ms "
+              f"({m['query_all_spaces_ms']:.0f} ms with every space)")
+
+
+def print_collection_report(r: dict) -> None:
     print(f"\n{r['items']:,} images from {r['collection']}, model {r['model']}, {r['threads']} torch threads")
     print(f"encoding                  {r['encode_images_per_s']:>10,.0f} images/s; one upload "
           f"p50 {r['upload_encode_p50_ms']:.1f} ms")
@@ -239,15 +254,6 @@ def print_report(r: dict) -> None:
     print(f"Annoy recall@10 vs exact  {r['code_recall_at_10']:>10.3f}; pixel/code speed ratio "
           f"{r['pixel_over_code_speedup']:.0f}x")
     print(f"numpy BLAS: {r['blas']}")
-    if "million" in r:
-        m = r["million"]
-        print(f"million: {m['indexed']:,} JPEGs built in {m['build_seconds']:.0f} s = {m['build_images_per_s']:,} images/s, "
-              f"peak RSS {m['build_peak_rss_mb']:,} MB; killed at half and resumed: {m['resume_overhead']:.2f}x a clean "
-              f"build; --update with {m['update_added']:,} new: {m['update_seconds']:.0f} s; load {m['load_seconds']:.1f} s")
-        print(f"  at {m['indexed']:,} items p50: pixel {m['pixel_p50_ms']:.1f} ms, code {m['code_p50_ms']:.2f} ms "
-              f"(recall@10 {m['code_recall_at_10']:.3f}), bits {m.get('bits_p50_ms', float('nan')):.2f} ms, "
-              f"pca {m.get('pca_p50_ms', float('nan')):.1f} ms; a page query {m['query_server_ms']:.0f} ms "
-              f"({m['query_all_spaces_ms']:.0f} ms with every space)")
     if "scale" not in r:
         return
     s = r["scale"]

@@ -247,6 +247,9 @@ def benchmark_arguments(p: argparse.ArgumentParser):
                    help="also build a million-image collection's index (written into DIR first if it is not there) "
                         "and measure it: adds a `million` key (needs ~25 GB of disk and ~30 minutes here)")
     p.add_argument("--million-items", type=int, default=1_000_000, help=argparse.SUPPRESS)  # small runs, for tests
+    p.add_argument("--million-phases", type=lambda text: text.split(","),
+                   help="with --million and --work-dir: measure only these phases again (comma-separated: clean, "
+                        "resume, queries, update), report the others as recorded, and skip the 50,000-item run")
     p.add_argument("--json", help="write the report to this JSON file")
     p.add_argument("--plot", help="write the recall-vs-latency plot to this PNG")
 
@@ -255,8 +258,12 @@ def benchmark_arguments(p: argparse.ArgumentParser):
         from .data import CollectionError, load_collection
         from .report import write_outputs
 
+        if a.million_phases and not (a.million and a.work_dir):
+            p.error("--million-phases needs --million and --work-dir (the other phases' figures live there)")
+        if a.million_phases and set(a.million_phases) - {"clean", "resume", "queries", "update"}:
+            p.error("--million-phases takes clean, resume, queries and update")
         try:
-            collection = load_collection(a.data)
+            collection = None if a.million_phases else load_collection(a.data)
         except CollectionError as e:
             return fail(str(e))
         if a.quick:
@@ -265,14 +272,15 @@ def benchmark_arguments(p: argparse.ArgumentParser):
                       scale_trees=4, scale_search_ks=(100, 1000))
         else:
             kw = dict(queries=a.queries, scale_items=a.scale_items)
-        report = run_benchmark(collection, a.model, work_dir=Path(a.work_dir) if a.work_dir else None,
-                               scale=not a.no_scale, **kw)
+        report = {} if a.million_phases else run_benchmark(
+            collection, a.model, work_dir=Path(a.work_dir) if a.work_dir else None, scale=not a.no_scale, **kw)
         if a.million:
             from .million import benchmark_million
 
             kw = dict(items=a.million_items, queries=20 if a.quick else 200, added=min(10_000, a.million_items // 100))
             if a.work_dir:  # kept: a second run with the same --work-dir continues where the first stopped
-                report["million"] = benchmark_million(a.million, a.model, Path(a.work_dir) / "million", **kw)
+                report["million"] = benchmark_million(a.million, a.model, Path(a.work_dir) / "million",
+                                                      only=a.million_phases, **kw)
             else:
                 with tempfile.TemporaryDirectory() as work:
                     report["million"] = benchmark_million(a.million, a.model, Path(work), **kw)
