@@ -234,7 +234,7 @@ def print_report(r: dict) -> None:
         m = defaultdict(lambda: float("nan"), r["million"])  # a phase not measured yet prints as nan
         print(f"million: {m['indexed']:,} JPEGs built in {m['build_seconds']:.0f} s = {m['build_images_per_s']:,} images/s, "
               f"peak RSS {m['build_peak_rss_mb']:,} MB; killed at half and resumed: {m['resume_overhead']:.2f}x a clean "
-              f"build; --update with {m['update_added']:,} new: {m['update_seconds']:.0f} s; load {m['load_seconds']:.1f} s")
+              f"build; --update with {m['update_added'] + m['update_changed']:,} new or changed files: {m['update_seconds']:.0f} s; load {m['load_seconds']:.1f} s")
         print(f"  at {m['indexed']:,} items p50: pixel {m['pixel_p50_ms']:.1f} ms, code {m['code_p50_ms']:.2f} ms "
               f"(recall@10 {m['code_recall_at_10']:.3f}), bits {m['bits_p50_ms']:.2f} ms, "
               f"pca {m['pca_p50_ms']:.1f} ms; a page query {m['query_server_ms']:.0f} ms "

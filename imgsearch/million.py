@@ -274,8 +274,8 @@ def benchmark_million(collection: str | os.PathLike, model: str | os.PathLike, w
 
     def update_phase() -> None:
         if pending("update"):
-            # --update after adding images to the collection; the added files are removed again afterwards,
-            # and the index rebuilt from them is left as the clean one was (same items, re-encoded nothing).
+            # --update after adding images to the collection; the added files are removed again afterwards
+            # (the index keeps them, so in a later run the same files count as changed, not added).
             folders = add_images(Path(collection), items, added)
             try:
                 update = run_build([*common, "--out", str(out), "--update"])
@@ -283,7 +283,8 @@ def benchmark_million(collection: str | os.PathLike, model: str | os.PathLike, w
                 figures = dict(update_seconds=round(update["seconds"], 1),
                                update_peak_rss_mb=round(update["peak_rss_mb"]),
                                update_peak_anon_mb=round(update["peak_anon_mb"]),
-                               update_added=u["added"], update_unchanged=u["unchanged"])
+                               update_added=u["added"], update_changed=u["changed"], update_removed=u["removed"],
+                               update_unchanged=u["unchanged"], update_items=u["items"])
             finally:
                 for folder in folders:
                     shutil.rmtree(folder, ignore_errors=True)

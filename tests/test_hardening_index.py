@@ -332,3 +332,20 @@ def test_a_corrupt_evaluation_report_is_not_a_missing_one(tmp_path):
     (tmp_path / "partial.json").write_text('{"pixels": {}}')
     with pytest.raises(ReportError, match="unreadable \\(it lacks pca\\)"):
         load_evaluation(tmp_path / "partial.json")
+
+
+def test_an_index_whose_checksums_are_sha256_still_loads_and_is_still_checked(copy_of):
+    """Builds before xxh3 recorded sha256: they load without a rebuild, and damage is still refused."""
+    import hashlib
+    from imgsearch.search import Index
+
+    def to_sha256(meta):
+        meta["checksums"] = {p.name: {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+                             for p in copy_of.iterdir() if p.name != layout.META}
+    edit_meta(copy_of, to_sha256)
+    assert len(Index.load(copy_of).search(0, k=3).code) == 3
+    labels = np.load(copy_of / layout.LABELS)
+    labels[0] = (labels[0] + 1) % 3
+    np.save(copy_of / layout.LABELS, labels)
+    with pytest.raises(IndexLoadError, match="labels.npy .*missing or corrupt"):
+        Index.load(copy_of)

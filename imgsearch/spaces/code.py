@@ -97,7 +97,7 @@ class CodeSpace(Space):
         row_now = np.full(previous.meta["items"], -1, dtype=np.int64)
         row_now[previous.kept_old] = np.arange(previous.kept)
         ann_rows = np.where(old_rows >= 0, row_now[np.maximum(old_rows, 0)], -1)
-        outside = np.setdiff1d(np.arange(len(data.codes)), ann_rows)
+        outside = np.flatnonzero(np.bincount(ann_rows[ann_rows >= 0], minlength=len(data.codes)) == 0)
         removed = int((ann_rows < 0).sum())
         if len(outside) + removed > STALE_SHARE * len(data.codes):
             return None
@@ -182,11 +182,12 @@ def _segments(data: LoadInput, settings: dict) -> tuple[np.ndarray, np.ndarray]:
         ann_rows = np.load(data.directory / layout.ANNOY_ROWS, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise SpaceError(f"{layout.ANNOY_ROWS} is missing or corrupt ({type(e).__name__})") from None
-    ok = ann_rows.ndim == 1 and ann_rows.dtype.kind == "i" and (not len(ann_rows) or ann_rows.min() >= -1)
-    live = ann_rows[ann_rows >= 0] if ok else None
-    if live is None or (len(live) and (live.max() >= data.items or len(np.unique(live)) != len(live))):
+    ok = ann_rows.ndim == 1 and ann_rows.dtype.kind == "i" and (not len(ann_rows) or
+                                                                -1 <= ann_rows.min() <= ann_rows.max() < data.items)
+    times = np.bincount(ann_rows[ann_rows >= 0], minlength=data.items) if ok else None  # O(N): no sort at 1M
+    if times is None or (len(times) and times.max() > 1):
         raise SpaceError(f"{layout.ANNOY_ROWS} does not map the Annoy items to distinct items of this index")
-    outside = np.setdiff1d(np.arange(data.items), live)
+    outside = np.flatnonzero(times == 0)
     if len(outside) != settings.get("outside_trees"):
         raise SpaceError(f"{layout.ANNOY_ROWS} leaves {len(outside)} items outside the trees, meta.json says "
                          f"{settings.get('outside_trees')}")
