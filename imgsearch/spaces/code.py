@@ -168,7 +168,7 @@ class CodeSpace(Space):
         if len(self.outside):  # the rows outside the trees, exactly; Annoy's angular distance is sqrt(2 - 2 cos)
             q = np.asarray(vector, dtype=np.float32)
             cos = self.outside_unit @ (q / max(float(np.linalg.norm(q)), 1e-12))
-            near = np.argsort(-cos, kind="stable")[:k]
+            near = np.argpartition(-cos, k - 1)[:k] if len(cos) > k else np.arange(len(cos))
             ids = np.concatenate([ids, self.outside[near]])
             dists = np.concatenate([dists, np.sqrt(np.maximum(2 - 2 * cos[near], 0)).astype(np.float32)])
             best = np.lexsort((ids, dists))[:k]
