@@ -209,7 +209,8 @@ def pick_ui(col, index: Index):
         label = pick["label"] if pick["label"] in index.classes else None
         if label is not None and not len(index.items_of(label)):
             label = None  # a class the rebuilt collection no longer has
-        set_query(index.random_item(np.random.default_rng(), label))
+        current = st.session_state.get("query")
+        set_query(index.random_item(np.random.default_rng(), label, other_than=current if isinstance(current, int) else None))
         st.session_state.collection_changed = False
     with col:
         st.markdown("**…or pick one from the collection**")

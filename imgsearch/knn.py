@@ -2,6 +2,8 @@
 search is checked against, and the search of the small spaces (pca)."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -24,7 +26,10 @@ class BruteForce:
     def __init__(self, db: np.ndarray, metric: str = "euclidean"):
         assert metric in METRICS, f"metric must be one of {METRICS}, not {metric!r}"
         self.metric = metric
-        self.db = torch.from_numpy(np.require(db, np.float32, ["C", "W"]))  # copies a read-only memory map
+        db = np.require(db, np.float32, ["C"])
+        with warnings.catch_warnings():  # a read-only memory map is shared, not copied: nothing here writes to it
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            self.db = torch.from_numpy(db)
         if metric == "angular":
             self.db = torch.nn.functional.normalize(self.db, dim=1)
         self.sq_norms = (self.db * self.db).sum(1)

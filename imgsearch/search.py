@@ -211,11 +211,15 @@ class Index:
         """Ids of the items of one class."""
         return np.flatnonzero(self.labels == self.classes.index(label))
 
-    def random_item(self, rng: np.random.Generator, label: str | None = None) -> int:
-        """A random item id, of one class when `label` is given."""
-        if label is None:
-            return int(rng.integers(len(self)))
-        return int(rng.choice(self.items_of(label)))
+    def random_item(self, rng: np.random.Generator, label: str | None = None, other_than: int | None = None) -> int:
+        """A random item id, of one class when `label` is given, and not `other_than` (the current query:
+        "Random" should show something new) unless it is the only one there is."""
+        pool = None if label is None else self.items_of(label)
+        size = len(self) if pool is None else len(pool)
+        while True:
+            item = int(rng.integers(size)) if pool is None else int(rng.choice(pool))
+            if item != other_than or size <= 1:
+                return item
 
     def thumbnail(self, i: int) -> np.ndarray:
         return self.pixels[i]

@@ -79,6 +79,10 @@ def test_random_pick_and_class_pick(app):
     app.button(key="random_class").click().run()
     assert any("Query class: **green**" in m.value for m in app.markdown)
     assert grid_heads(app)[0] == "Pixel space: 10/10 share the query's class"
+    for _ in range(20):  # "Random" always shows a new query (60 items: the same one would come up about 1 in 3)
+        before = app.number_input(key="item_number").value
+        app.button(key="random").click().run()
+        assert app.number_input(key="item_number").value != before
 
 
 def test_more_like_this_makes_a_result_the_new_query(app):

@@ -213,3 +213,15 @@ def test_missing_index_says_how_to_build_one(tmp_path):
 def test_out_of_range_item_is_a_clear_error(index_dir):
     with pytest.raises(IndexError, match="0..59"):
         Index.load(index_dir).search(60)
+
+
+def test_a_random_item_is_never_the_one_to_avoid_unless_it_is_the_only_one(index_dir):
+    from imgsearch.search import Index
+
+    index = Index.load(index_dir)
+    rng = np.random.default_rng(0)
+    assert all(index.random_item(rng, other_than=5) != 5 for _ in range(300))
+    label = index.label(5)
+    picks = {index.random_item(rng, label, other_than=5) for _ in range(300)}
+    assert 5 not in picks and {index.label(i) for i in picks} == {label}
+    assert index.random_item(rng, other_than=None) in range(len(index))

@@ -6,6 +6,8 @@ A space is built once per index from the collection (`BuildInput`) and loaded by
 """
 from __future__ import annotations
 
+import struct
+import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -75,9 +77,15 @@ class Reuse:
         """The build that fitted what a carried-over section holds (recorded as settings["fitted_in"])."""
         return section["settings"].get("fitted_in") or self.directory.name
 
-    def carried(self, array: np.ndarray, new: np.ndarray) -> np.ndarray:
-        """The kept items' rows of a previous per-item `array`, then the `new` rows."""
-        return np.concatenate([np.asarray(array)[self.kept_old], np.asarray(new, dtype=array.dtype)])
+    def carried(self, array: np.ndarray, new: np.ndarray, block: int = 65536) -> np.ndarray:
+        """The kept items' rows of a previous per-item `array` (memory-mapped), then the `new` rows:
+        filled block by block, so no second copy of a million-row table is ever held."""
+        out = np.empty((self.kept + len(new), *array.shape[1:]), dtype=array.dtype)
+        for s in range(0, self.kept, block):
+            rows = self.kept_old[s:s + block]
+            out[s:s + len(rows)] = array[rows]
+        out[self.kept:] = new
+        return out
 
 
 @dataclass
@@ -162,14 +170,42 @@ class Space:
 
 
 def load_npz(data: LoadInput, name: str, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """A space's .npz file, with every key present, or SpaceError."""
+    """A space's .npz file, with every key present, or SpaceError.
+
+    Its arrays are memory-mapped where they lie uncompressed in the file (as np.savez writes them):
+    at a million items the tables are gigabytes, which a load would otherwise read and copy into
+    each process (about 3 s here) instead of sharing the page cache.
+    """
     path = data.directory / name
     try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in keys}
-    except (OSError, ValueError, KeyError) as e:
+        with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
+            members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
+            return {k: _member(archive, raw, members[k], path) for k in keys}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         raise SpaceError(f"{name} is missing or corrupt ({type(e).__name__})") from None
-    return arrays
+
+
+def _member(archive: zipfile.ZipFile, raw, info: zipfile.ZipInfo, path: Path) -> np.ndarray:
+    """One .npy member of an .npz archive: a read-only memory map when it is stored, else read whole."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        with archive.open(info) as f:
+            return np.lib.format.read_array(f, allow_pickle=False)
+    raw.seek(info.header_offset)
+    local = raw.read(30)  # the member's local header: its name and extra field come before the data
+    if local[:4] != b"PK\x03\x04":
+        raise ValueError("not a zip member header")
+    name_length, extra_length = struct.unpack("<HH", local[26:30])
+    raw.seek(info.header_offset + 30 + name_length + extra_length)
+    start = info.header_offset + 30 + name_length + extra_length
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}.get(np.lib.format.read_magic(raw))
+    shape, fortran, dtype = read_header(raw) if read_header else ((), False, None)
+    if read_header is None or not shape or 0 in shape or dtype.hasobject:  # nothing worth mapping, or refused
+        raw.seek(start)
+        return np.lib.format.read_array(raw, allow_pickle=False)
+    # A plain ndarray view of the map (np.asarray drops the memmap subclass, not the mapping).
+    return np.asarray(np.memmap(path, dtype=dtype, mode="r", offset=raw.tell(), shape=shape,
+                                order="F" if fortran else "C"))
 
 
 def check_rows(name: str, array: np.ndarray, items: int) -> None:
