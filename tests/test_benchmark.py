@@ -3,7 +3,9 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT, write_collection
+import pytest
+
+from conftest import OFFLINE, ROOT, write_collection
 
 
 def test_quick_benchmark_produces_every_figure(tmp_path, checkpoint):
@@ -40,3 +42,28 @@ def test_benchmark_without_the_scale_run_stops_after_the_queries(tmp_path, check
     assert r.returncode == 0, r.stderr
     rep = json.loads(out.read_text())
     assert "scale" not in rep and "sweep" not in rep and rep["pixel_p50_ms"] > 0 and rep["bits_p50_ms"] > 0
+
+
+@pytest.mark.skipif(not (OFFLINE / "train").is_dir(), reason="the offline CIFAR-10 copy is not beside the repository")
+def test_the_million_run_measures_its_phases_and_measures_one_again_on_request(tmp_path, checkpoint):
+    """`benchmark --million` at 300 images: each chosen phase's figures, kept in the work folder, and
+    `--million-phases` measuring one phase again while the others are reported as recorded."""
+    def million(phases: str) -> dict:
+        out = tmp_path / f"{phases}.json"
+        r = subprocess.run([sys.executable, "scripts/benchmark.py", "--model", str(checkpoint),
+                            "--million", str(tmp_path / "collection"), "--million-items", "300",
+                            "--work-dir", str(tmp_path / "work"), "--million-phases", phases, "--json", str(out)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        assert "million: 300 JPEGs built" in r.stdout
+        return json.loads(out.read_text())["million"]
+
+    first = million("clean,queries,update")
+    assert first["indexed"] == 300 and first["build_images_per_s"] > 0 and first["build_peak_anon_mb"] > 0
+    assert first["code_p50_ms"] > 0 and 0 < first["code_recall_at_10"] <= 1 and first["load_seconds"] > 0
+    assert (first["update_added"], first["update_unchanged"], first["update_items"]) == (3, 300, 303)
+    assert "resume_overhead" not in first  # not asked for, never measured
+    again = million("update")
+    assert {k: again[k] for k in first if k.startswith(("build_", "clean_"))} == \
+        {k: first[k] for k in first if k.startswith(("build_", "clean_"))}  # reported as recorded
+    assert again["update_changed"] == 3 and again["update_added"] == 0  # the same files, written again
