@@ -349,3 +349,22 @@ def test_an_index_whose_checksums_are_sha256_still_loads_and_is_still_checked(co
     np.save(copy_of / layout.LABELS, labels)
     with pytest.raises(IndexLoadError, match="labels.npy .*missing or corrupt"):
         Index.load(copy_of)
+
+
+def test_space_tables_are_memory_mapped_and_a_compressed_npz_still_loads(copy_of):
+    """np.savez's stored members are mapped, not copied; a table written compressed (by hand, or by a
+    plug-in) is read whole instead."""
+    from imgsearch.search import Index
+
+    index = Index.load(copy_of)
+    assert isinstance(index.spaces["pca"].projected.base, np.memmap)
+    columns, hits = np.array(index.spaces["bits"].columns), index.search(3, k=5, spaces=["bits"]).hits["bits"]
+    del index  # its maps would see the file rewritten below (builds never rewrite a file in place)
+    with np.load(copy_of / layout.BITS) as f:
+        arrays = {k: f[k] for k in f.files}
+    np.savez_compressed(copy_of / layout.BITS, **arrays)
+    reseal(copy_of)
+    again = Index.load(copy_of)
+    assert not isinstance(again.spaces["bits"].columns.base, np.memmap)
+    assert (again.spaces["bits"].columns == columns).all()
+    assert again.search(3, k=5, spaces=["bits"]).hits["bits"] == hits
