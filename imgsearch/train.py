@@ -55,8 +55,8 @@ PRESETS: dict[str, dict] = {
     "default": {},
     # The shipped model: the same objective, trained longer, since training length is the lever
     # that measured best (3 -> 14 epochs: P@10 0.44 -> 0.50, about +0.03 per doubling). 50 epochs
-    # at the idle machine's ~90 s per epoch take about 80 minutes: well inside the 3-hour budget,
-    # and short enough to finish on a machine that other work shares (a 90-epoch run could not).
+    # at the idle machine's 88-166 s per epoch (it varies from day to day) take 75-140 minutes: inside
+    # the 3-hour budget, and short enough to finish on a machine that other work shares (90 could not).
     "shipped": {"epochs": 50},
 }
 _RUN_ONLY = ("threads",)  # how a run is executed, not what it computes: may change on resume
