@@ -258,10 +258,12 @@ def benchmark_arguments(p: argparse.ArgumentParser):
         from .data import CollectionError, load_collection
         from .report import write_outputs
 
+        from .million import PHASES
+
         if a.million_phases and not (a.million and a.work_dir):
             p.error("--million-phases needs --million and --work-dir (the other phases' figures live there)")
-        if a.million_phases and set(a.million_phases) - {"clean", "resume", "queries", "update"}:
-            p.error("--million-phases takes clean, resume, queries and update")
+        if a.million_phases and set(a.million_phases) - set(PHASES):
+            p.error(f"--million-phases takes {', '.join(PHASES)}")
         try:
             collection = None if a.million_phases else load_collection(a.data)
         except CollectionError as e:

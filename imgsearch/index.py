@@ -130,8 +130,8 @@ def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLik
             codes = np.load(tmp_dir / layout.CODES, mmap_mode="r")
             pixels = np.load(tmp_dir / layout.PIXELS, mmap_mode="r")
             built, skipped_spaces, space_seconds = {}, {}, {}
-            shared = BuildInput(pixels, codes, seed=seed, options=options,
-                                previous=previous.reuse() if previous else None)
+            reuse = previous.reuse() if previous else None
+            shared = BuildInput(pixels, codes, seed=seed, options=options, previous=reuse)
             for n, name in enumerate(names):
                 step(f"building the {name} space", 0.6 + 0.2 * n / len(names))
                 t = time.time()
@@ -144,7 +144,7 @@ def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLik
             if maps:
                 step("mapping the collection in 2-D", 0.8)
                 t = time.time()
-                old_maps = previous and previous.reuse().maps(len(codes))
+                old_maps = reuse and reuse.maps(len(codes))
                 if old_maps:  # an update: the kept items stay where they were, the new ones are placed among them
                     made, maps_carried = extend_maps(old_maps, previous.kept_old, codes, pixels, seed=seed), True
                 else:

@@ -195,8 +195,8 @@ def _member(archive: zipfile.ZipFile, raw, info: zipfile.ZipInfo, path: Path) ->
     if local[:4] != b"PK\x03\x04":
         raise ValueError("not a zip member header")
     name_length, extra_length = struct.unpack("<HH", local[26:30])
-    raw.seek(info.header_offset + 30 + name_length + extra_length)
     start = info.header_offset + 30 + name_length + extra_length
+    raw.seek(start)
     read_header = {(1, 0): np.lib.format.read_array_header_1_0,
                    (2, 0): np.lib.format.read_array_header_2_0}.get(np.lib.format.read_magic(raw))
     shape, fortran, dtype = read_header(raw) if read_header else ((), False, None)
