@@ -35,11 +35,12 @@ import xxhash
 from . import layout
 from .data import DATA_DIR, Collection, CollectionError
 from .images import PREPROCESSING
-from .ingest import BATCH, NpyWriter, batch_file, batch_rows, ingest, read_batch, source_of
+from .ingest import BATCH, batch_file, batch_rows, ingest, read_batch, source_of
 from .model import load_checkpoint
 from .projection import LANDMARKS, collection_maps, extend_maps
 from .spaces import SPACES, BuildInput, Reuse, SpaceError
 from .spaces.code import N_TREES, SEARCH_K, SEED
+from .tables import NpyWriter
 
 DEFAULT_INDEX = DATA_DIR / "index"
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "cifar10-ae.pt"

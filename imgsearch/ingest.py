@@ -198,26 +198,3 @@ def read_batch(work: Path, b: int) -> dict:
         out = {k: f[k] for k in ("ok", "pixels", "codes")}
         out["errors"] = json.loads(str(f["errors"]))
     return out
-
-
-class NpyWriter:
-    """An .npy file written row block by row block, its final shape known up front: nothing is held in
-    memory, and no page of it is mapped into the writer (a memory map's written pages count as the
-    process's resident memory until they are flushed)."""
-
-    def __init__(self, path: Path, shape: tuple, dtype):
-        self.path, self.shape, self.dtype = path, tuple(shape), np.dtype(dtype)
-        self.f = open(path, "wb")
-        np.lib.format.write_array_header_1_0(self.f, {"descr": np.lib.format.dtype_to_descr(self.dtype),
-                                                      "fortran_order": False, "shape": self.shape})
-        self.rows = 0
-
-    def write(self, block: np.ndarray) -> None:
-        block = np.ascontiguousarray(block, dtype=self.dtype)
-        assert block.shape[1:] == self.shape[1:], (block.shape, self.shape)
-        self.f.write(block.data)
-        self.rows += len(block)
-
-    def close(self) -> None:
-        self.f.close()
-        assert self.rows == self.shape[0], f"{self.path.name}: {self.rows} rows written, {self.shape[0]} declared"

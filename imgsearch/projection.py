@@ -19,36 +19,49 @@ PIXEL_PCA = 64  # pixels are reduced to this many components before the map is m
 # scatters; PCA shows their real distances. Landmarks that are all the same point are also laid
 # out by PCA: t-SNE's PCA start divides by their zero spread, and the NaNs crash its native code.
 MIN_TSNE = 10
+PLACE_ROWS = 65536  # points normalised and placed at once: 64 MB of 256-d codes, whatever the collection's size
 
 
-def _normalise(x: np.ndarray, chunk: int = 65536) -> torch.Tensor:
-    """Centred, unit-length rows as one float32 tensor, filled chunk by chunk: x may be a read-only
-    memory map of a million rows, which must not be copied whole more than once."""
-    mean = sum(np.asarray(x[s:s + chunk], dtype=np.float64).sum(0) for s in range(0, len(x), chunk)) / max(len(x), 1)
-    out = torch.empty(x.shape, dtype=torch.float32)
-    for s in range(0, len(x), chunk):
-        block = torch.from_numpy(np.asarray(x[s:s + chunk], dtype=np.float64) - mean).float()
-        out[s:s + chunk] = torch.nn.functional.normalize(block, dim=1)
-    return out
+def _mean(x: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """The mean row, summed chunk by chunk in float64: x may be a read-only memory map of a million rows."""
+    return sum(np.asarray(x[s:s + chunk], dtype=np.float64).sum(0) for s in range(0, len(x), chunk)) / max(len(x), 1)
+
+
+def _unit(x: np.ndarray, mean: np.ndarray) -> torch.Tensor:
+    """Rows centred on `mean` and scaled to unit length, float32."""
+    return torch.nn.functional.normalize(torch.from_numpy(np.asarray(x, dtype=np.float64) - mean).float(), dim=1)
+
+
+def _normalise(x: np.ndarray) -> torch.Tensor:
+    """All rows centred and unit-length, as one tensor: for the few rows of an update or a tiny collection."""
+    return _unit(x, _mean(x))
 
 
 def landmark_tsne(features: np.ndarray, *, landmarks: int = LANDMARKS, seed: int = 0) -> np.ndarray:
-    """(N, D) -> (N, 2) float32, with cosine similarity as the notion of closeness."""
+    """(N, D) -> (N, 2) float32, with cosine similarity as the notion of closeness.
+
+    Only the landmarks are held as unit rows; the other points are normalised and placed a block at a
+    time, so a million codes are read once more rather than copied (two gigabytes at 256 floats each).
+    """
     from sklearn.manifold import TSNE
 
     n = len(features)
-    x = _normalise(features)
+    mean = _mean(features)
     rng = np.random.default_rng(seed)
     marks = np.sort(rng.choice(n, min(landmarks, n), replace=False))
-    if len(marks) < MIN_TSNE or bool((x[marks] == x[marks[0]]).all()):
-        return _pca_layout(x)
+    x_marks = _unit(features[marks], mean)
+    if len(marks) < MIN_TSNE or bool((x_marks == x_marks[0]).all()):
+        return _pca_layout(_unit(features, mean))
     perplexity = float(min(30, max(2, (len(marks) - 1) / 3)))
     layout = TSNE(2, perplexity=perplexity, init="pca", metric="cosine", random_state=seed,
-                  max_iter=500).fit_transform(x[marks].numpy()).astype(np.float32)
+                  max_iter=500).fit_transform(x_marks.numpy()).astype(np.float32)
     out = np.empty((n, 2), dtype=np.float32)
     out[marks] = layout
-    rest = np.setdiff1d(np.arange(n), marks)
-    out[rest] = place_among(x[rest], x[marks], layout)
+    is_mark = np.zeros(n, dtype=bool)
+    is_mark[marks] = True
+    for s in range(0, n, PLACE_ROWS):
+        rest = s + np.flatnonzero(~is_mark[s:s + PLACE_ROWS])
+        out[rest] = place_among(_unit(features[rest], mean), x_marks, layout)
     return out
 
 
@@ -56,7 +69,7 @@ def place_among(x: torch.Tensor, marks: torch.Tensor, marks_xy: np.ndarray) -> n
     """(n, 2): each row of x (unit length) at the similarity-weighted mean of its nearest landmarks' places."""
     out = np.empty((len(x), 2), dtype=np.float32)
     k = min(NEIGHBOURS, len(marks))
-    for s in range(0, len(x), 4096):
+    for s in range(0, len(x), 4096):  # 4096 x 2,000 similarities at a time: 32 MB
         sim, idx = torch.topk(x[s:s + 4096] @ marks.T, k, dim=1)
         w = torch.softmax(sim / 0.05, dim=1).numpy()  # sharp: a point sits near its closest landmarks
         out[s:s + 4096] = (w[..., None] * marks_xy[idx.numpy()]).sum(1)

@@ -260,3 +260,37 @@ def test_an_update_refuses_a_damaged_file_it_would_carry_over(tmp_path, collecti
         f.write(b"\xff" * 8)
     with pytest.raises(IndexLoadError, match="pca.npz .*missing or corrupt"):
         build_index(str(collection_dir), checkpoint, out, update=True, maps=False, progress=False)
+
+
+def spaces_peak(tmp_path, n: int) -> int:
+    """Peak traced memory of building the pixel and pca spaces over n random images read from disk."""
+    from imgsearch.spaces import BuildInput
+    from imgsearch.spaces.pca import PcaSpace
+    from imgsearch.spaces.pixel import PixelSpace
+
+    rng = np.random.default_rng(n)
+    np.save(tmp_path / f"pixels{n}.npy", rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
+    pixels = np.load(tmp_path / f"pixels{n}.npy", mmap_mode="r")
+    data = BuildInput(pixels, rng.standard_normal((n, 64)).astype(np.float32))
+    data.pixel_pca  # fitted on a sample of at most PCA_FIT_ROWS images, whatever the size: not measured here
+    out = tmp_path / f"index{n}"
+    out.mkdir()
+    tracemalloc.start()
+    try:
+        PixelSpace.build(data, out)
+        PcaSpace.build(data, out)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_the_spaces_tables_go_to_disk_without_being_held_whole(tmp_path, monkeypatch):
+    from imgsearch import tables
+    from imgsearch.search import Index  # noqa: F401  (the spaces' modules, imported before measuring)
+
+    monkeypatch.setattr(tables, "BLOCK_ROWS", 64)
+    peaks = [spaces_peak(tmp_path, n) for n in (400, 2000)]
+    # The fine pixel bound and the pca projections are ~1 KB an item each. What may grow with the
+    # collection is the coarse bound kept for writing after them (~136 bytes an item), not the tables.
+    per_extra_image = (peaks[1] - peaks[0]) / (2000 - 400)
+    assert per_extra_image < 1024 / 2, peaks

@@ -11,11 +11,11 @@ import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Iterable, Iterator
 
 import numpy as np
 
-from .. import layout
+from .. import layout, tables
 from ..pca import PCA, fit_pca
 
 PIXEL_PCA_COMPONENTS = 256  # the pca space's length (the code's), and the pixel bound uses its first few
@@ -77,15 +77,15 @@ class Reuse:
         """The build that fitted what a carried-over section holds (recorded as settings["fitted_in"])."""
         return section["settings"].get("fitted_in") or self.directory.name
 
-    def carried(self, array: np.ndarray, new: np.ndarray, block: int = 65536) -> np.ndarray:
-        """The kept items' rows of a previous per-item `array` (memory-mapped), then the `new` rows:
-        filled block by block, so no second copy of a million-row table is ever held."""
-        out = np.empty((self.kept + len(new), *array.shape[1:]), dtype=array.dtype)
-        for s in range(0, self.kept, block):
-            rows = self.kept_old[s:s + block]
-            out[s:s + len(rows)] = array[rows]
-        out[self.kept:] = new
-        return out
+    def carried(self, old: tuple[np.ndarray, ...],
+                new: Iterable[tuple[np.ndarray, ...]]) -> Iterator[tuple[np.ndarray, ...]]:
+        """Blocks of rows of the new build's per-item tables: the kept items' rows of the previous
+        build's tables `old` (memory-mapped), then the `new` items' blocks. A block at a time, so no
+        million-row table is ever held whole, let alone twice."""
+        for s in range(0, self.kept, tables.BLOCK_ROWS):
+            rows = self.kept_old[s:s + tables.BLOCK_ROWS]
+            yield tuple(table[rows] for table in old)
+        yield from new
 
 
 @dataclass

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import layout
+from .. import layout, tables
 from ..knn import BruteForce
 from ..pca import PCA
+from ..tables import NpzWriter
 from .base import PCA_FIT_ROWS, BuildInput, LoadInput, Query, Space, SpaceError, check_rows, load_npz
 
 
@@ -32,17 +33,18 @@ class PcaSpace(Space):
         if reuse:  # an update: the previous components, its kept rows, and only the new rows projected
             old = data.previous.load_npz(layout.PCA, ("mean", "components", "variance", "total_variance", "projected"))
             pca = PCA(old["mean"], old["components"], old["variance"], float(old["total_variance"]))
-            new = pca.project(data.pixels[data.previous.kept:])
-            new /= 255.0
-            projected = data.previous.carried(old["projected"], new)
+            blocks = (block for (block,) in data.previous.carried(
+                (old["projected"],), ((b,) for b in projected_blocks(pca, data.pixels[data.previous.kept:]))))
             settings = {**reuse["settings"], "fitted_in": data.previous.fitted_in(reuse)}
         else:
             pca = data.pixel_pca
-            projected = pca.project(data.pixels)
-            projected /= 255.0  # in place: a million rows are a gigabyte
+            blocks = projected_blocks(pca, data.pixels)
             settings = {"fit_rows": min(len(data.pixels), PCA_FIT_ROWS),
                         "explained_variance": round(float(pca.variance.sum() / pca.total_variance), 4)}
-        np.savez(directory / layout.PCA, projected=projected, **pca.arrays())
+        with NpzWriter(directory / layout.PCA) as npz:  # the projections (1 GB at a million) block by block
+            npz.add_rows("projected", (len(data.pixels), pca.n_components), np.float32, blocks)
+            for key, array in pca.arrays().items():
+                npz.add(key, array)
         return {"metric": cls.metric, "dims": pca.n_components, "files": [layout.PCA], "settings": settings}
 
     @classmethod
@@ -68,3 +70,11 @@ class PcaSpace(Space):
         """What 256 principal components keep of a (32, 32, 3) image, as uint8 pixels."""
         y = self.pca.project(pixels[None])
         return np.clip(self.pca.reconstruct(y)[0], 0, 255).round().astype(np.uint8).reshape(pixels.shape)
+
+
+def projected_blocks(pca: PCA, pixels: np.ndarray):
+    """The images' projections in [0, 1] pixel units, a block of rows at a time."""
+    for s in range(0, len(pixels), tables.BLOCK_ROWS):
+        block = pca.project(pixels[s:s + tables.BLOCK_ROWS])
+        block /= 255.0
+        yield block

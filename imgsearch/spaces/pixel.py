@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import layout
+from .. import layout, tables
+from ..tables import NpzWriter
 from .base import BuildInput, LoadInput, Query, Space, SpaceError, check_rows, load_npz
 
 COARSE_DIMS = 32  # the full scan's subspace: 132 bytes per item; finer dims are read only for candidates
@@ -47,16 +48,30 @@ class PixelSpace(Space):
         if reuse:  # an update: the previous subspace, its kept rows, and bounds for the new rows only
             old = data.previous.load_npz(layout.PIXEL_BOUND, ("mean", "basis", "coarse_dims", "coarse", "fine", "totals"))
             mean, basis, coarse_dims = old["mean"], old["basis"], int(old["coarse_dims"])
-            coarse, fine, totals = (data.previous.carried(old[key], new) for key, new in zip(
-                ("coarse", "fine", "totals"), bound_rows(data.pixels[data.previous.kept:], mean, basis, coarse_dims)))
+            blocks = data.previous.carried((old["coarse"], old["fine"], old["totals"]),
+                                           bound_blocks(data.pixels[data.previous.kept:], mean, basis, coarse_dims))
         else:
             pca = data.pixel_pca
             fine_dims = min(FINE_DIMS, pca.n_components)
             coarse_dims = min(COARSE_DIMS, fine_dims)
             mean, basis = pca.mean, np.ascontiguousarray(pca.components[:, :fine_dims])
-            coarse, fine, totals = bound_rows(data.pixels, mean, basis, coarse_dims)
-        np.savez(directory / layout.PIXEL_BOUND, mean=mean, basis=basis, coarse_dims=np.int64(coarse_dims),
-                 coarse=coarse, fine=fine, totals=totals)
+            blocks = bound_blocks(data.pixels, mean, basis, coarse_dims)
+        n = len(data.pixels)
+        # The fine table (1 GB at a million items) goes to disk block by block; the coarse one and the
+        # totals (an eighth of that) are gathered on the way and written after it.
+        coarse, totals = np.empty((n, coarse_dims + 1), dtype=np.float32), np.empty(n, dtype=np.float32)
+
+        def fine_blocks():
+            s = 0
+            for c, f, t in blocks:
+                coarse[s:s + len(c)], totals[s:s + len(c)] = c, t
+                s += len(c)
+                yield f
+        with NpzWriter(directory / layout.PIXEL_BOUND) as npz:
+            npz.add_rows("fine", (n, basis.shape[1] + 1), np.float32, fine_blocks())
+            for key, array in (("coarse", coarse), ("totals", totals), ("mean", mean), ("basis", basis),
+                               ("coarse_dims", np.int64(coarse_dims))):
+                npz.add(key, array)
         return {"metric": cls.metric, "dims": int(data.pixels[0].size), "files": [layout.PIXELS, layout.PIXEL_BOUND],
                 "settings": {"search": "exact: PCA lower bounds prune, exact distances decide",
                              "coarse_dims": coarse_dims, "fine_dims": int(basis.shape[1]),
@@ -99,7 +114,7 @@ class PixelSpace(Space):
 
 
     def _query_rows(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.float32]:
-        """bound_rows for one query, in float32 with einsum: float64 would convert the basis on every query."""
+        """bound_blocks for one query, in float32 with einsum: float64 would convert the basis on every query."""
         c = q.astype(np.float32) - self.mean
         y = np.einsum("d,dm->m", c, self.basis)
         total = np.float32(np.dot(c.astype(np.float64), c))
@@ -114,25 +129,22 @@ def squared_distances(pixels: np.ndarray, ids: np.ndarray, q: np.ndarray) -> np.
     return np.einsum("ij,ij->i", diff, diff).astype(np.int64)
 
 
-def bound_rows(pixels: np.ndarray, mean: np.ndarray, basis: np.ndarray, coarse_dims: int, chunk: int = 8192):
+def bound_blocks(pixels: np.ndarray, mean: np.ndarray, basis: np.ndarray, coarse_dims: int):
     """Each image's [y, r] in the coarse and the fine subspace, and ||x - mean||^2 lowered by SLACK,
     so that totals_x + total_q - 2 [y_x, r_x].[y_q, r_q] is a safe lower bound of ||x - q||^2 in
-    either subspace despite float32 rounding. All float32: a float64 operand would make numpy
-    copy the whole table on every query."""
+    either subspace despite float32 rounding; yielded as (coarse, fine, totals) blocks of rows. All
+    float32: a float64 operand would make numpy copy the whole table on every query."""
     flat = pixels.reshape(len(pixels), basis.shape[0])
     fine_dims = basis.shape[1]
-    coarse = np.empty((len(flat), coarse_dims + 1), dtype=np.float32)
-    fine = np.empty((len(flat), fine_dims + 1), dtype=np.float32)
-    totals = np.empty(len(flat), dtype=np.float32)
     basis32 = np.asarray(basis, dtype=np.float32)
-    for s in range(0, len(flat), chunk):
-        c = flat[s:s + chunk].astype(np.float64) - mean
+    for s in range(0, len(flat), tables.BLOCK_ROWS):
+        c = flat[s:s + tables.BLOCK_ROWS].astype(np.float64) - mean
         # The product in float32 (half the time of float64, minutes at a million images); its rounding
         # is far inside SLACK. The totals stay float64: they are differences of large sums.
         y = (c.astype(np.float32) @ basis32).astype(np.float64)
         total = np.einsum("ij,ij->i", c, c)
+        coarse, fine = (np.empty((len(c), m + 1), dtype=np.float32) for m in (coarse_dims, fine_dims))
         for out, m in ((coarse, coarse_dims), (fine, fine_dims)):
-            out[s:s + chunk, :m] = y[:, :m]
-            out[s:s + chunk, m] = np.sqrt(np.maximum(total - np.einsum("ij,ij->i", y[:, :m], y[:, :m]), 0.0))
-        totals[s:s + chunk] = total * (1.0 - SLACK)
-    return coarse, fine, totals
+            out[:, :m] = y[:, :m]
+            out[:, m] = np.sqrt(np.maximum(total - np.einsum("ij,ij->i", y[:, :m], y[:, :m]), 0.0))
+        yield coarse, fine, (total * (1.0 - SLACK)).astype(np.float32)
