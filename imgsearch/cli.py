@@ -218,6 +218,11 @@ def evaluate_arguments(p: argparse.ArgumentParser):
                 print(f"{name:<26} {r['P@1']:>7.3f} {r['P@10']:>7.3f} {r['P@100']:>7.3f} {r['mAP@1000']:>9.3f} "
                       f"{report['bytes_per_item'][key]:>11,}")
         print(f"reconstruction MSE on the queries: {report['reconstruction_mse']:.4f}")
+        shown = [k for k in ("pixels", "pca", "codes_served", "bits_256") if k in report]
+        print("\nP@10 per class   " + " ".join(f"{k:>13}" for k in shown))
+        for c in database.classes:
+            if c in report["per_class_P@10"][shown[0]]:
+                print(f"{c:<16} " + " ".join(f"{report['per_class_P@10'][k][c]:>13.3f}" for k in shown))
 
         if a.examples:
             Path(a.examples).parent.mkdir(parents=True, exist_ok=True)

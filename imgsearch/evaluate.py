@@ -55,6 +55,12 @@ def precision_curve(rel: np.ndarray, max_k: int = 100) -> list[float]:
     return (np.cumsum(rel[:, :max_k], axis=1).mean(axis=0) / np.arange(1, max_k + 1)).tolist()
 
 
+def per_class_precision(rel: np.ndarray, query_labels: np.ndarray, classes: list[str], k: int = 10) -> dict[str, float]:
+    """P@k of each class's queries: where a representation finds the class and where it confuses it."""
+    return {c: round(precision_at(rel[query_labels == i], k), 4) for i, c in enumerate(classes)
+            if (query_labels == i).any()}
+
+
 def figures(rel: np.ndarray) -> dict:
     out = {f"P@{k}": round(precision_at(rel, k), 4) for k in KS}
     out[f"mAP@{MAP_DEPTH}"] = round(float(average_precision(rel[:, :MAP_DEPTH]).mean()), 4)
@@ -114,12 +120,13 @@ def evaluate(database: Collection, queries: Collection, model, *, max_k: int = M
     q_labels = align_labels(database, queries)
     db_labels = database.labels
     depth = min(max_k, len(database))
-    seconds, results, curves, retrieved = {}, {}, {}, {}
+    seconds, results, curves, retrieved, per_class = {}, {}, {}, {}, {}
 
     def record(name, ids, t0):
         rel = relevance(ids, db_labels, q_labels)
         results[name] = figures(rel)
         curves[name] = precision_curve(rel)
+        per_class[name] = per_class_precision(rel, q_labels, database.classes)
         retrieved[name] = ids[:, :10]
         seconds[name] = round(time.time() - t0, 1)
 
@@ -158,6 +165,7 @@ def evaluate(database: Collection, queries: Collection, model, *, max_k: int = M
         "reconstruction_mse": round(reconstruction_mse(model, queries.pixels), 5),
         "bytes_per_item": bytes_per_item,
         "precision_curves": curves,
+        "per_class_P@10": per_class,
         "seconds": seconds,
         "settings": {"database": database.spec, "queries": queries.spec, "database_items": len(database),
                      "query_items": len(queries), "pca_components": pca.n_components,

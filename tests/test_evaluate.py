@@ -6,7 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from imgsearch.evaluate import average_precision, exact_knn, figures, precision_at, precision_curve, relevance
+from imgsearch.evaluate import (average_precision, exact_knn, figures, per_class_precision, precision_at,
+                                precision_curve, relevance)
 
 from conftest import ROOT, write_collection
 
@@ -23,6 +24,12 @@ def test_precision_at_k():
     assert precision_at(rel, 2) == 0.25  # (1/2 + 0/2) / 2
     assert precision_at(rel, 4) == 0.375  # (2/4 + 1/4) / 2
     assert precision_curve(rel, 4) == pytest.approx([0.5, 0.25, 1 / 3, 0.375])
+
+
+def test_per_class_precision_averages_each_class_queries():
+    rel = np.array([[1, 0], [1, 1], [0, 0]], dtype=bool)
+    # class "a": (1/2 + 2/2) / 2; class "b": 0/2; class "c" has no query and is left out
+    assert per_class_precision(rel, np.array([0, 0, 1]), ["a", "b", "c"], k=2) == {"a": 0.75, "b": 0.0}
 
 
 def test_average_precision_by_hand():
@@ -61,6 +68,8 @@ def test_evaluate_script_end_to_end(tmp_path, checkpoint):
                                         "bits_64": 8}
     assert "64 bits (Hamming)" in r.stdout
     assert report["pixels"]["P@1"] == 1.0  # the generated classes are separable by colour
+    assert report["per_class_P@10"]["pixels"].keys() == {"red", "green", "blue"}
+    assert "P@10 per class" in r.stdout
     assert 0 < report["reconstruction_mse"] < 1 and report["settings"]["query_items"] == 9
     assert (tmp_path / "p.png").stat().st_size > 1000
     assert np.load(tmp_path / "ex.npz")["top10_codes_exact"].shape == (9, 10)
