@@ -457,6 +457,28 @@ def read_meta(index_dir: str | os.PathLike) -> dict:
     return meta
 
 
+def rebuild_source(index_dir: str | os.PathLike, default_data: str,
+                   shipped: str | os.PathLike = DEFAULT_CHECKPOINT) -> str | None:
+    """What `run.sh` should build the index at `index_dir` from before serving, or None to serve it as
+    it is: `default_data` when there is no readable index, the index's own collection when it was
+    built by an earlier version of the shipped model (a `git pull` brought a better one). An index
+    built by any other model was built so on purpose and is served as it is."""
+    from .model import fingerprint
+
+    try:
+        meta = read_meta(index_dir)
+    except IndexLoadError:
+        return default_data
+    source = meta["model"].get("source")
+    try:
+        built_by_shipped = bool(source) and os.path.samefile(source, shipped)
+    except OSError:  # the model it was built from is gone, or was never on this machine
+        built_by_shipped = False
+    if built_by_shipped and meta["model"]["fingerprint"] != fingerprint(shipped):
+        return meta["collection"]
+    return None
+
+
 # ---- the schema of meta.json ---------------------------------------------------------------
 
 def _int(x, least: int = 0) -> bool:

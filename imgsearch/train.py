@@ -34,8 +34,10 @@ from .model import ConvAutoEncoder, ModelArgs, pixels_to_tensor, save_checkpoint
 @dataclass
 class TrainArgs:
     # The defaults are the "default" preset: what a person runs on their own collection, which
-    # must stay <= 30 minutes on this 2-core machine for 50,000 images (14 + 3 epochs measured 22 min).
-    epochs: int = 14  # fits the 30-minute CPU budget; epochs are the lever that measured best (docs/quality.md)
+    # must stay <= 30 minutes on this 2-core machine for 50,000 images. Its epoch time varies from
+    # day to day: 14 + 3 epochs took 22 min at 88 s per epoch, but the 50-epoch run measured a median
+    # of 148 s per epoch (2026-11-29), at which 14 epochs take 36 min and 10 take 26 (docs/quality.md).
+    epochs: int = 10  # fits the 30-minute budget on the slow days; epochs are the lever that measured best
     batch_size: int = 256  # InfoNCE sees 2*256-2 negatives per anchor; batch 128 measured 38% slower per image on CPU
     lr: float = 2e-3  # one-cycle peak: warm-up, then cosine decay to ~0, so a run of any length ends converged
     weight_decay: float = 5e-4  # mild decoupled (AdamW) decay; version one's value, not re-tuned

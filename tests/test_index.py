@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import pytest
 
-from imgsearch.index import IndexLoadError, build_index, read_meta, resolve
+from imgsearch.index import IndexLoadError, build_index, read_meta, rebuild_source, resolve
 from imgsearch.search import Index
 
 from conftest import tiny_checkpoint
@@ -168,6 +168,18 @@ def test_a_different_model_is_refused(copy_of, tmp_path):
     other = tiny_checkpoint(tmp_path / "other.pt", code_dim=64, seed=1)
     with pytest.raises(IndexLoadError, match="was built by model"):
         Index.load(copy_of, model_path=other)
+
+
+def test_run_sh_rebuilds_only_what_an_earlier_shipped_model_built(tmp_path, collection_dir):
+    shipped = tiny_checkpoint(tmp_path / "shipped.pt", seed=0)
+    out = tmp_path / "index"
+    assert rebuild_source(out, "cifar10", shipped=shipped) == "cifar10"  # no index yet: the default data
+    build_index(str(collection_dir), shipped, out, maps=False, progress=False)
+    assert rebuild_source(out, "cifar10", shipped=shipped) is None  # built by the shipped model as it is
+    other = tiny_checkpoint(tmp_path / "other.pt", seed=2)
+    assert rebuild_source(out, "cifar10", shipped=other) is None  # another model: built so on purpose
+    tiny_checkpoint(shipped, seed=1)  # a pull brings a new shipped model to the same path
+    assert rebuild_source(out, "cifar10", shipped=shipped) == str(collection_dir)  # from its own collection
 
 
 def test_a_different_code_dimension_is_refused(copy_of, tmp_path):
