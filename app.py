@@ -404,6 +404,29 @@ def precision_chart(report: dict, shown: dict):
     return alt.layer(wide, lines, lines.transform_filter(only("codes_served"))).properties(height=560)
 
 
+PER_CLASS_SHOWN = ("pixels", "pca", "codes_served", "bits_256")  # the baselines, the code as served, its bits
+
+
+def per_class_chart(report: dict, shown: dict):
+    """P@10 of each class's queries, one bar per representation, in the precision chart's colours."""
+    import altair as alt
+    import pandas as pd
+
+    per_class = report["per_class_P@10"]
+    keys = [key for key in PER_CLASS_SHOWN if key in per_class and key in shown]
+    rows = pd.DataFrame([{"class": c, "representation": shown[key], "P@10": p}
+                         for key in keys for c, p in per_class[key].items()])
+    names = [shown[key] for key in keys]
+    return alt.Chart(rows).mark_bar().encode(
+        alt.Y("class:N", title=None, sort=list(per_class[keys[0]])),
+        alt.YOffset("representation:N", sort=names),
+        alt.X("P@10:Q", scale=alt.Scale(domain=[0, 1]), title="P@10 of the class's queries"),
+        alt.Color("representation:N", scale=alt.Scale(domain=names, range=[CURVE_STYLES[k][0] for k in keys]),
+                  legend=alt.Legend(title=None, orient="bottom", columns=1, labelLimit=0)),
+        tooltip=["class:N", "representation:N", alt.Tooltip("P@10:Q", format=".3f")],
+    ).properties(height=alt.Step(7))
+
+
 def quality_view(index: Index) -> None:
     import pandas as pd
 
@@ -437,6 +460,9 @@ def quality_view(index: Index) -> None:
             gap = float(np.max(np.abs(np.subtract(curves["codes_exact"], curves["codes_served"]))))
             st.caption(f"“{shown['codes_served']}” (dark, dashed) lies on “{shown['codes_exact']}” (wide, light blue): "
                        f"they differ by at most {gap:.3f} at any k.")
+        if any(key in report.get("per_class_P@10", {}) for key in PER_CLASS_SHOWN):
+            st.markdown("**Precision at 10, class by class**: where each representation finds the class")
+            st.altair_chart(per_class_chart(report, shown), width="stretch")
     if not index.classes:
         return
     st.subheader("Where two searches disagree")

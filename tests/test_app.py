@@ -150,12 +150,15 @@ def test_quality_view_shows_figures_and_disagreements(app, tmp_path, monkeypatch
               ("pixels", "pca", "codes_exact", "codes_served")}
     report.update(reconstruction_mse=0.01, precision_curves={k: curve for k in report},
                   settings={"query_items": 9, "queries": "q", "database_items": 60, "database": "d", "model": "m"})
+    report["per_class_P@10"] = {k: {"red": 0.9, "green": 0.5, "blue": 0.1} for k in ("pixels", "codes_served")}
     (tmp_path / "eval.json").write_text(json.dumps(report))
     monkeypatch.setenv("IMGSEARCH_EVALUATION", str(tmp_path / "eval.json"))
     app.radio(key="view").set_value("Quality").run()
     assert not app.exception
     assert any("**9** queries" in m.value for m in app.markdown)
     assert len(app.dataframe) == 1
+    assert any("class by class" in m.value for m in app.markdown)
+    assert len(app.get("vega_lite_chart")) == 2  # the precision curves, and P@10 per class
     app.selectbox(key="quality_class").set_value("red").run()
     text = " ".join(m.value for m in app.markdown)
     assert "Of 20 sampled **red** images" in text and "Code space right, pixel space wrong" in text
