@@ -76,8 +76,9 @@ class CodeSpace(Space):
         kept_trees = cls._keep_trees(data, directory, settings)
         if kept_trees:
             return kept_trees
-        ann = build_annoy(data.codes, n_trees, seed=data.seed)
-        ann.save(str(directory / layout.ANNOY))
+        # Built on disk: the trees (1.3 GB at a million items) grow in the file's pages, which the kernel
+        # writes back and drops at will, instead of in the build's own memory and then a second time in save().
+        ann = build_annoy(data.codes, n_trees, seed=data.seed, path=directory / layout.ANNOY)
         ann.unload()
         return {"metric": METRIC, "dims": int(data.codes.shape[1]), "files": [layout.CODES, layout.ANNOY],
                 "settings": {**settings, "ann_bytes": (directory / layout.ANNOY).stat().st_size}}
