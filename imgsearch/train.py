@@ -1,4 +1,4 @@
-"""Training: reconstruction (de-noising) plus a contrastive invariance term.
+"""Training: reconstruction (optionally de-noising) plus a contrastive invariance term.
 
 Each batch is seen as two randomly augmented views (crop, flip, colour, greyscale). The
 decoder rebuilds each view from its code (from the code of a noisy version when noise_std > 0:
