@@ -404,16 +404,18 @@ def precision_chart(report: dict, shown: dict):
     return alt.layer(wide, lines, lines.transform_filter(only("codes_served"))).properties(height=560)
 
 
-PER_CLASS_SHOWN = ("pixels", "pca", "codes_served", "bits_256")  # the baselines, the code as served, its bits
-
-
 def per_class_chart(report: dict, shown: dict):
-    """P@10 of each class's queries, one bar per representation, in the precision chart's colours."""
+    """P@10 of each class's queries, one bar per representation, in the precision chart's colours;
+    None for a report without per-class figures (one made before evaluate recorded them)."""
     import altair as alt
     import pandas as pd
 
-    per_class = report["per_class_P@10"]
+    from imgsearch.evaluate import PER_CLASS_SHOWN
+
+    per_class = report.get("per_class_P@10", {})
     keys = [key for key in PER_CLASS_SHOWN if key in per_class and key in shown]
+    if not keys:
+        return None
     rows = pd.DataFrame([{"class": c, "representation": shown[key], "P@10": p}
                          for key in keys for c, p in per_class[key].items()])
     names = [shown[key] for key in keys]
@@ -460,9 +462,10 @@ def quality_view(index: Index) -> None:
             gap = float(np.max(np.abs(np.subtract(curves["codes_exact"], curves["codes_served"]))))
             st.caption(f"“{shown['codes_served']}” (dark, dashed) lies on “{shown['codes_exact']}” (wide, light blue): "
                        f"they differ by at most {gap:.3f} at any k.")
-        if any(key in report.get("per_class_P@10", {}) for key in PER_CLASS_SHOWN):
+        per_class = per_class_chart(report, shown)
+        if per_class is not None:
             st.markdown("**Precision at 10, class by class**: where each representation finds the class")
-            st.altair_chart(per_class_chart(report, shown), width="stretch")
+            st.altair_chart(per_class, width="stretch")
     if not index.classes:
         return
     st.subheader("Where two searches disagree")

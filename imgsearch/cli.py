@@ -191,7 +191,7 @@ def evaluate_arguments(p: argparse.ArgumentParser):
         import numpy as np
 
         from .data import CollectionError, load_collection
-        from .evaluate import REPRESENTATIONS, EvaluationError, evaluate, plot_curves
+        from .evaluate import PER_CLASS_SHOWN, REPRESENTATIONS, EvaluationError, evaluate, plot_curves
         from .model import CheckpointError, load_checkpoint
         from .report import write_outputs
 
@@ -218,7 +218,7 @@ def evaluate_arguments(p: argparse.ArgumentParser):
                 print(f"{name:<26} {r['P@1']:>7.3f} {r['P@10']:>7.3f} {r['P@100']:>7.3f} {r['mAP@1000']:>9.3f} "
                       f"{report['bytes_per_item'][key]:>11,}")
         print(f"reconstruction MSE on the queries: {report['reconstruction_mse']:.4f}")
-        shown = [k for k in ("pixels", "pca", "codes_served", "bits_256") if k in report]
+        shown = [k for k in PER_CLASS_SHOWN if k in report]
         print("\nP@10 per class   " + " ".join(f"{k:>13}" for k in shown))
         for c in database.classes:
             if c in report["per_class_P@10"][shown[0]]:

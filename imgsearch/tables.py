@@ -13,7 +13,6 @@ import numpy as np
 BLOCK_ROWS = 4096  # rows of a table computed and written at once: 100 MB of pixels as float64, at any size
 
 
-
 class NpyWriter:
     """An .npy file written row block by row block, its final shape known up front: nothing is held in
     memory, and no page of it is mapped into the writer (a memory map's written pages count as the
@@ -63,4 +62,3 @@ class NpzWriter:
             for block in blocks:
                 writer.write(block)
             writer.close()
-
