@@ -14,11 +14,11 @@ import numpy as np
 from tqdm import tqdm
 
 from .data import Collection
-from .knn import BruteForce, topk_ties_by_id
+from .knn import BruteForce
 from .model import encode_pixels
 from .report import new_figure, save_figure
 from .spaces.base import PCA_FIT_ROWS, BuildInput
-from .spaces.bits import WIDTHS, binarise, fit_binariser, hamming, word_major
+from .spaces.bits import WIDTHS, HammingScan, binarise, fit_binariser, word_major
 from .spaces.code import METRIC, N_TREES, SEARCH_K, SEED, build_annoy
 from .train import reconstruction_mse
 
@@ -95,8 +95,10 @@ def hamming_knn(db_codes: np.ndarray, query_codes: np.ndarray, k: int, bits: int
                 seed: int = SEED) -> np.ndarray:
     """Top-k ids by exact Hamming distance between binary codes made as the bits space makes them."""
     mean, projection = fit_binariser(db_codes, bits, method=method, seed=seed)
-    db, q = word_major(binarise(db_codes, mean, projection)), binarise(query_codes, mean, projection)
-    return np.stack([topk_ties_by_id(hamming(db, w), k) for w in tqdm(q, desc=f"bits {bits} ({method})", mininterval=1.0)])
+    scan = HammingScan(word_major(binarise(db_codes, mean, projection)))
+    q = binarise(query_codes, mean, projection)
+    batches = tqdm(range(0, len(q), 500), desc=f"bits {bits} ({method})", unit="500 queries", mininterval=1.0)
+    return np.concatenate([scan.search(q[s:s + 500], k)[0] for s in batches])  # ties to the smaller id
 
 
 # ---- the whole evaluation ------------------------------------------------------------------

@@ -12,38 +12,47 @@ from imgsearch.knn import BruteForce, topk_ties_by_id
 from imgsearch.pca import fit_pca
 from imgsearch.search import Index
 from imgsearch.spaces import SPACES, BuildInput, LoadInput, Query, Space, SpaceUnavailable, register_space
-from imgsearch.spaces.bits import binarise, fit_binariser, hamming, hamming_topk, word_major
+from imgsearch.spaces.bits import HammingScan, binarise, fit_binariser, word_major
 from imgsearch.spaces.pixel import PixelSpace, squared_distances
 
 
 # ---- building blocks -----------------------------------------------------------------------
 
+def counted(words: np.ndarray, q: np.ndarray) -> list[int]:
+    """Hamming distances the slow way: Python counts the ones of each XOR."""
+    return [sum(bin(int(a) ^ int(b)).count("1") for a, b in zip(row, q)) for row in np.atleast_2d(words)]
+
+
 def test_hamming_counts_the_differing_bits():
     words = np.array([[0b0000], [0b1011], [2**64 - 1], [0b0001]], dtype=np.uint64)
-    assert hamming(word_major(words), np.zeros(1, np.uint64)).tolist() == [0, 3, 64, 1]
+    ids, d = HammingScan(word_major(words)).search(np.zeros(1, np.uint64), 4)
+    assert ids.tolist() == [0, 3, 1, 2] and d.tolist() == [0, 1, 3, 64]
     two_words = np.array([[1, 3], [0, 0], [2**64 - 1, 2**64 - 1]], dtype=np.uint64)
-    assert hamming(word_major(two_words), np.array([0, 0], dtype=np.uint64)).tolist() == [3, 0, 128]
-    # chunks: the same answer whatever the chunk size, including a last partial chunk
+    ids, d = HammingScan(word_major(two_words)).search(np.array([0, 0], dtype=np.uint64), 3)
+    assert ids.tolist() == [1, 0, 2] and d.tolist() == [0, 3, 128]
+    # every bit of every word counts, whatever its byte: faiss compares the words as bytes
     rng = np.random.default_rng(0)
     many = rng.integers(0, 2**63, (1000, 4), dtype=np.uint64)
     q = many[7] ^ np.uint64(5)
-    full = [sum(bin(int(a) ^ int(b)).count("1") for a, b in zip(row, q)) for row in many]
-    assert hamming(word_major(many), q, chunk=300).tolist() == full
+    ids, d = HammingScan(word_major(many)).search(q, 1000)
+    assert d.tolist() == [counted(many[i], q)[0] for i in ids] == sorted(counted(many, q))
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_the_fused_hamming_top_k_is_the_full_scans(threads):
+def test_the_hamming_top_k_is_exact_and_breaks_ties_by_the_smaller_id():
     rng = np.random.default_rng(1)
     few_values = rng.integers(0, 4, (5000, 2), dtype=np.uint64)  # distances 0-4: ties everywhere
     spread = rng.integers(0, 2**63, (5000, 4), dtype=np.uint64)
     for words in (few_values, spread):
-        columns = word_major(words)
+        scan = HammingScan(word_major(words))
         for q in (words[0], words[4321] ^ np.uint64(6)):
-            full = hamming(columns, q)
+            full = np.asarray(counted(words, q))
             for k in (1, 10, 100, 5000, 6000):
-                ids, d = hamming_topk(columns, q, k, chunk=300, threads=threads)
+                ids, d = scan.search(q, k)
                 assert ids.tolist() == topk_ties_by_id(full, k).tolist()
                 assert d.tolist() == full[ids].tolist()
+        # many queries at once give each one's answer
+        ids, d = scan.search(words[[0, 4321]], 10)
+        assert ids.shape == d.shape == (2, 10) and ids[1].tolist() == scan.search(words[4321], 10)[0].tolist()
 
 
 def test_ties_are_broken_by_the_smaller_id():
