@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from annoy import AnnoyIndex
 from PIL import Image
 from tqdm import tqdm
 
@@ -25,7 +24,7 @@ from .images import to_pixels
 from .index import build_index
 from .knn import BruteForce, topk_ties_by_id
 from .spaces.bits import HammingScan, binarise, fit_binariser, word_major
-from .spaces.code import METRIC, build_annoy
+from .spaces.code import METRIC, served_code_search
 from .spaces.pixel import squared_distances
 from .projection import collection_maps
 from .model import encode_pixels, load_checkpoint, pixels_to_tensor
@@ -72,15 +71,15 @@ def recall_at(found: list, truth: list, k: int = 10) -> float:
 
 def sweep(codes: np.ndarray, queries: np.ndarray, truth: list, trees=(10, 20, 40, 80),
           search_ks=(1000, 3000, 10000, 30000)) -> list[dict]:
-    """Recall@10 and p50 latency for a grid of (n_trees, search_k)."""
+    """Recall@10 and p50 latency of the code space as served for a grid of (n_trees, search_k)."""
     rows = []
     for n_trees in tqdm(trees, desc="sweep"):
-        ann = build_annoy(codes, n_trees)
+        space = served_code_search(codes, n_trees=n_trees)
         for sk in search_ks:
-            found, times = timed(lambda q: ann.get_nns_by_vector(q, 10, search_k=sk), queries)
+            found, times = timed(lambda q: space.search(q, 10, search_k=sk)[0], queries)
             rows.append({"n_trees": n_trees, "search_k": sk, "recall_at_10": round(recall_at(found, truth), 4),
                          "p50_ms": percentiles(times)[0]})
-        ann.unload()
+        space.ann.unload()
     return rows
 
 
@@ -183,18 +182,15 @@ def run_benchmark(collection: Collection, model_path, *, queries: int = 1000, sc
     # scale: a million realistic codes, an on-disk Annoy index memory-mapped for search
     codes = realistic_codes(model, collection.pixels, scale_items)
     t = time.perf_counter()
-    ann = build_annoy(codes, scale_trees, path=work / "scale.ann", n_jobs=-1)
+    space = served_code_search(codes, n_trees=scale_trees, path=work / "scale.ann", n_jobs=-1)  # on disk: mmapped
     scale_build = time.perf_counter() - t
-    ann.unload()
-    ann = AnnoyIndex(codes.shape[1], METRIC)
-    ann.load(str(work / "scale.ann"))  # mmap: every process shares the same pages
     fresh = realistic_codes(model, collection.pixels, scale_queries, seed=1)  # new views, not database rows
     exact = ExactCodeSearch(codes)
     truth, ex_times = timed(lambda q: exact.search(q, 10), fresh)
     exact = None  # free the 1 GB reference matrix before searching Annoy
     rows = []
     for sk in scale_search_ks:
-        found, an_times = timed(lambda q: ann.get_nns_by_vector(q, 10, search_k=sk), fresh)
+        found, an_times = timed(lambda q: space.search(q, 10, search_k=sk)[0], fresh)
         rows.append({"search_k": sk, "recall_at_10": round(recall_at(found, truth), 4),
                      "p50_ms": percentiles(an_times)[0]})
     # bits at scale: exact Hamming search; its recall is against the float codes' exact top-10,
@@ -223,7 +219,7 @@ def run_benchmark(collection: Collection, model_path, *, queries: int = 1000, sc
         "bits_p50_ms_by_simd_level": by_level,
         "sweep": rows,
     }
-    ann.unload()
+    space.ann.unload()
     return report
 
 

@@ -19,7 +19,7 @@ from .model import encode_pixels
 from .report import new_figure, save_figure
 from .spaces.base import PCA_FIT_ROWS, BuildInput
 from .spaces.bits import WIDTHS, HammingScan, binarise, fit_binariser, word_major
-from .spaces.code import METRIC, N_TREES, SEARCH_K, SEED, build_annoy
+from .spaces.code import METRIC, N_TREES, SEARCH_K, SEED, served_code_search
 from .train import reconstruction_mse
 
 KS = (1, 10, 100)
@@ -78,12 +78,12 @@ def exact_knn(db: np.ndarray, queries: np.ndarray, k: int, metric: str = "euclid
 
 def annoy_knn(db_codes: np.ndarray, query_codes: np.ndarray, k: int, *, n_trees: int = N_TREES,
               search_k: int = SEARCH_K, seed: int = SEED) -> np.ndarray:
-    """Top-k ids through Annoy with the settings the app serves."""
-    ann = build_annoy(db_codes, n_trees, seed=seed)
+    """Top-k ids as the code space serves them: Annoy's trees, then the exact re-rank."""
+    space = served_code_search(db_codes, n_trees=n_trees, search_k=search_k, seed=seed)
     out = np.full((len(query_codes), k), -1, dtype=np.int64)
 
     def one(i):
-        ids = ann.get_nns_by_vector(query_codes[i], k, search_k=max(search_k, k))
+        ids = space.search(query_codes[i], k)[0]
         out[i, :len(ids)] = ids
 
     with ThreadPoolExecutor(max_workers=2) as pool:  # Annoy releases the GIL while searching

@@ -26,8 +26,9 @@ def test_meta_describes_the_index(index_dir, collection, checkpoint):
     assert meta["collection"] == collection.spec and meta["skipped"] == 0
     assert len(meta["model"]["fingerprint"]) == 16 and meta["preprocessing"]["size"] == 32
     files = {p.name for p in resolve(index_dir).iterdir()}
-    assert files == {"meta.json", "model.pt", "codes.npy", "codes.ann", "pixels.npy", "labels.npy", "paths.json",
-                     "file_stats.npy", "map_code.npy", "map_pixel.npy", "pixel_bound.npz", "pca.npz", "bits.npz"}
+    assert files == {"meta.json", "model.pt", "codes.npy", "codes.ann", "code_ann_directions.npy", "pixels.npy",
+                     "labels.npy", "paths.json", "file_stats.npy", "map_code.npy", "map_pixel.npy", "pixel_bound.npz",
+                     "pca.npz", "bits.npz"}
     assert files >= {f for s in meta["spaces"].values() for f in s["files"]}
 
 
@@ -38,7 +39,9 @@ def test_files_are_row_aligned(index_dir, collection):
     assert index.paths == collection.paths
     assert [index.label(i) for i in range(60)] == [collection.label_name(i) for i in range(60)]
     for i in (0, 31, 59):
-        assert np.allclose(index.spaces["code"].ann.get_item_vector(i), index.codes[i], atol=1e-6)
+        code = index.spaces["code"]  # Annoy item i holds code i at unit length, projected on the trees' directions
+        unit = index.codes[i] / np.linalg.norm(index.codes[i])
+        assert np.allclose(code.ann.get_item_vector(i), unit @ code.directions, atol=1e-6)
         assert np.allclose(index.encode(collection.pixels[i]), index.codes[i], atol=1e-5)
 
 

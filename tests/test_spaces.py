@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 from imgsearch import layout
-from imgsearch.index import IndexLoadError, build_index, read_meta
+from imgsearch.index import CHECKSUM, IndexLoadError, build_index, file_checksum, read_meta
 from imgsearch.knn import BruteForce, topk_ties_by_id
 from imgsearch.pca import fit_pca
 from imgsearch.search import Index
 from imgsearch.spaces import SPACES, BuildInput, LoadInput, Query, Space, SpaceUnavailable, register_space
 from imgsearch.spaces.bits import HammingScan, binarise, fit_binariser, word_major
+from imgsearch.spaces.code import build_annoy, served_code_search
 from imgsearch.spaces.pixel import PixelSpace, squared_distances
 
 
@@ -180,6 +181,52 @@ def test_bits_width_is_chosen_at_build_time(tmp_path, collection, checkpoint):
         index.search(0, spaces=["code"])
 
 
+def angular_order(codes: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force: every row by angular distance sqrt(2 - 2 cos) to q, ties to the smaller id."""
+    unit = codes / np.linalg.norm(codes, axis=1, keepdims=True)
+    d = np.sqrt(np.maximum(2 - 2 * unit @ (q / np.linalg.norm(q)), 0))
+    return np.lexsort((np.arange(len(d)), d)), d
+
+
+def test_the_code_space_re_ranks_the_projected_trees_answer_on_the_full_codes():
+    # Codes of rank 40 in 256 dimensions: the trees' 64 directions hold all of them, so with every node
+    # visited the candidates are the true nearest, and the re-rank must give brute force's answer.
+    rng = np.random.default_rng(3)
+    codes = (rng.standard_normal((2000, 40)) @ rng.standard_normal((40, 256))).astype(np.float32)
+    space = served_code_search(codes, n_trees=4, search_k=10**6)
+    assert space.directions.shape == (256, 64)
+    assert np.allclose(space.directions.T @ space.directions, np.eye(64), atol=1e-4)
+    unit = codes[7] / np.linalg.norm(codes[7])
+    assert np.allclose(space.ann.get_item_vector(7), unit @ space.directions, atol=1e-5)
+    for q in (codes[5], codes[9] + 0.1 * codes[11], codes[1:4].sum(0)):
+        order, d = angular_order(codes, q)
+        for k in (1, 10, 120):  # 120: more than the 50 candidates, so the trees are asked for k
+            ids, dists = space.search(q, k)
+            assert ids.tolist() == order[:k].tolist() and np.allclose(dists, d[ids], atol=1e-5)
+
+
+def test_an_index_whose_trees_hold_the_full_codes_still_loads_and_searches(copy_of):
+    # The layout before the projection: codes.ann angular over the codes themselves, no directions file.
+    meta = json.loads((copy_of / layout.META).read_text())
+    codes = np.load(copy_of / layout.CODES)
+    code = meta["spaces"]["code"]
+    (copy_of / layout.ANNOY).unlink()
+    (copy_of / layout.ANNOY_DIRECTIONS).unlink()
+    build_annoy(codes, 4, path=copy_of / layout.ANNOY).unload()
+    for key in ("ann_dims", "candidates"):
+        del code["settings"][key]
+    code["settings"]["ann_bytes"] = (copy_of / layout.ANNOY).stat().st_size
+    code["files"].remove(layout.ANNOY_DIRECTIONS)
+    meta["checksums"] = {p.name: {"bytes": p.stat().st_size, CHECKSUM: file_checksum(p)}
+                         for p in copy_of.iterdir() if p.name != layout.META}
+    (copy_of / layout.META).write_text(json.dumps(meta))
+    space = Index.load(copy_of).spaces["code"]
+    assert space.directions is None
+    order, d = angular_order(codes, codes[3])
+    ids, dists = space.search(codes[3], 10, search_k=10**6)
+    assert ids.tolist() == order[:10].tolist() and np.allclose(dists, d[ids], atol=1e-5)
+
+
 def test_a_version_one_index_is_refused_with_how_to_rebuild(copy_of):
     copy = copy_of
     meta = json.loads((copy / layout.META).read_text())
@@ -189,7 +236,7 @@ def test_a_version_one_index_is_refused_with_how_to_rebuild(copy_of):
         Index.load(copy)
 
 
-@pytest.mark.parametrize("name", ["pixel_bound.npz", "pca.npz", "bits.npz"])
+@pytest.mark.parametrize("name", ["pixel_bound.npz", "pca.npz", "bits.npz", "code_ann_directions.npy"])
 def test_a_damaged_space_file_is_one_sentence(copy_of, name):
     copy = copy_of
     (copy / name).write_bytes(b"garbage")

@@ -1,5 +1,11 @@
 """Code space: the auto-encoder's float code, searched approximately with Annoy (angular).
 
+Annoy's trees hold each unit-length code projected on the codes' top ANN_DIMS principal
+directions, a quarter of its floats: Annoy reads a quarter of the bytes per candidate and builds
+its trees ~8x faster. Its CANDIDATES nearest are then ranked by their exact angular distance on
+the full codes, which recovers what the projection blurs (docs/speed.md). Indexes built before
+keep trees over the full codes, and load and search as they did.
+
 Annoy keeps no dimension, metric or id map in its file, so meta.json records them, and the
 load checks the file's size and a few stored vectors against codes.npy before any search: a
 damaged Annoy file can crash the process instead of raising.
@@ -21,9 +27,13 @@ import numpy as np
 from annoy import AnnoyIndex
 
 from .. import layout
+from ..pca import fit_pca
 from .base import BuildInput, LoadInput, Query, Space, SpaceError
 
 METRIC = "angular"  # cosine: the codes are trained with a cosine (InfoNCE) objective
+ANN_DIMS = 64  # the unit codes' top 64 principal directions keep 94% of their variance at a million items
+CANDIDATES = 50  # re-ranked on the full code: the exact top 50 in 64-d held the exact top 10 of 256-d (1M, docs/speed.md)
+PROJECTION_FIT_ROWS = 50_000  # the directions of 50,000 codes are those of a million to within noise
 N_TREES = 20  # from the sweep in docs/speed.md: more trees barely help at a given search_k,
 SEARCH_K = 10_000  # which sets the latency; 10,000 keeps recall@10 above 0.98 with a margin, under 1 ms
 SEED = 0  # Annoy's tree-splitting seed: the same inputs give a byte-identical index
@@ -32,36 +42,68 @@ SEED = 0  # Annoy's tree-splitting seed: the same inputs give a byte-identical i
 STALE_SHARE = 0.05
 
 
+def unit_rows(codes: np.ndarray) -> np.ndarray:
+    """Codes at unit length (float32): cosine is then a dot product, and angular distance sqrt(2 - 2 cos)."""
+    codes = np.atleast_2d(np.asarray(codes, dtype=np.float32))
+    return codes / np.maximum(np.linalg.norm(codes, axis=1, keepdims=True), 1e-12)
+
+
+def fit_tree_directions(codes: np.ndarray, dims: int = ANN_DIMS, seed: int = SEED) -> np.ndarray:
+    """(code_dim, dims) top principal directions of the unit codes. No mean is kept: the trees
+    compare differences of projections (Euclidean), which a shift leaves unchanged."""
+    rows = np.arange(len(codes))
+    if len(codes) > PROJECTION_FIT_ROWS:
+        rows = np.sort(np.random.default_rng(seed).choice(len(codes), PROJECTION_FIT_ROWS, replace=False))
+    return fit_pca(unit_rows(codes[rows]), dims).components
+
+
 def build_annoy(codes: np.ndarray, n_trees: int, *, seed: int = SEED, path: Path | None = None,
-                n_jobs: int = 1) -> AnnoyIndex:
-    """A seeded Annoy index over the codes, item i = row i.
+                n_jobs: int = 1, directions: np.ndarray | None = None, block: int = 65536) -> AnnoyIndex:
+    """A seeded Annoy index, item i = row i: Euclidean over the unit codes' projection on
+    `directions`, or (directions None, the layout before) angular over the codes themselves.
 
     One thread keeps the tree order, and so the file, deterministic; `path` builds on disk,
     for indexes too large to hold twice in memory.
     """
-    ann = AnnoyIndex(codes.shape[1], METRIC)
+    ann = AnnoyIndex(codes.shape[1] if directions is None else directions.shape[1],
+                     METRIC if directions is None else "euclidean")
     ann.set_seed(seed)
     if path is not None:
         ann.on_disk_build(str(path))
-    for i, v in enumerate(codes):
-        ann.add_item(i, v)
+    for s in range(0, len(codes), block):  # a block at a time: a million memory-mapped codes are never copied whole
+        rows = np.asarray(codes[s:s + block], dtype=np.float32)
+        for i, v in enumerate(rows if directions is None else unit_rows(rows) @ directions):
+            ann.add_item(s + i, v)
     ann.build(n_trees, n_jobs=n_jobs)
     return ann
+
+
+def rerank(codes: np.ndarray, rows: np.ndarray, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k of `rows` nearest to `vector` by exact angular distance on the full codes, ties to the smaller id."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        return rows, np.empty(0, dtype=np.float32)
+    cos = unit_rows(codes[np.sort(rows)]) @ unit_rows(vector)[0]  # sorted: a memory map reads forward
+    dists = np.sqrt(np.maximum(2 - 2 * cos, 0)).astype(np.float32)
+    rows = np.sort(rows)
+    best = np.lexsort((rows, dists))[:k]
+    return rows[best], dists[best]
 
 
 class CodeSpace(Space):
     name = "code"
     title = "Code space"
-    description = "the auto-encoder's 256-d float code, Annoy (angular: sqrt(2 - 2 cos))"
+    description = "the auto-encoder's 256-d float code: Annoy's trees, then an exact re-rank (angular: sqrt(2 - 2 cos))"
     metric = METRIC
 
-    def __init__(self, ann: AnnoyIndex, search_k: int, ann_rows: np.ndarray | None = None,
-                 outside: np.ndarray | None = None, outside_codes: np.ndarray | None = None):
-        self.ann, self.search_k = ann, search_k
+    def __init__(self, ann: AnnoyIndex, search_k: int, codes: np.ndarray, directions: np.ndarray | None = None,
+                 candidates: int = CANDIDATES, ann_rows: np.ndarray | None = None, outside: np.ndarray | None = None):
+        self.ann, self.search_k, self.codes = ann, search_k, codes
+        self.directions = directions  # (code_dim, ann_dims) the trees' projection; None: trees over the codes themselves
+        self.candidates = candidates  # how many of the trees' nearest are re-ranked on the full codes
         self.ann_rows = ann_rows  # Annoy item -> row (-1: removed), or None when item i is row i
         self.outside = outside if outside is not None else np.empty(0, dtype=np.int64)  # rows not in the trees
-        self.outside_unit = (None if outside_codes is None else  # their codes at unit length: cosine is a dot
-                             outside_codes / np.maximum(np.linalg.norm(outside_codes, axis=1, keepdims=True), 1e-12))
+        self.outside_unit = unit_rows(codes[self.outside]) if len(self.outside) else None
         self.removed = 0 if ann_rows is None else int((ann_rows < 0).sum())
 
     @classmethod
@@ -72,15 +114,20 @@ class CodeSpace(Space):
             return build_code(data, directory, uri=uri)
         if backend != "annoy":
             raise SpaceError(f"the code space's backend is annoy or milvus, not {backend!r}")
-        settings = {"n_trees": n_trees, "search_k": search_k, "seed": data.seed}
+        dims = min(ANN_DIMS, data.codes.shape[1])
+        settings = {"n_trees": n_trees, "search_k": search_k, "seed": data.seed, "ann_dims": dims,
+                    "candidates": CANDIDATES}
         kept_trees = cls._keep_trees(data, directory, settings)
         if kept_trees:
             return kept_trees
-        # Built on disk: the trees (1.3 GB at a million items) grow in the file's pages, which the kernel
-        # writes back and drops at will, instead of in the build's own memory and then a second time in save().
-        ann = build_annoy(data.codes, n_trees, seed=data.seed, path=directory / layout.ANNOY)
+        directions = fit_tree_directions(data.codes, dims, seed=data.seed)
+        np.save(directory / layout.ANNOY_DIRECTIONS, directions)
+        # Built on disk: the trees grow in the file's pages, which the kernel writes back and drops at
+        # will, instead of in the build's own memory and then a second time in save().
+        ann = build_annoy(data.codes, n_trees, seed=data.seed, path=directory / layout.ANNOY, directions=directions)
         ann.unload()
-        return {"metric": METRIC, "dims": int(data.codes.shape[1]), "files": [layout.CODES, layout.ANNOY],
+        return {"metric": METRIC, "dims": int(data.codes.shape[1]),
+                "files": [layout.CODES, layout.ANNOY, layout.ANNOY_DIRECTIONS],
                 "settings": {**settings, "ann_bytes": (directory / layout.ANNOY).stat().st_size}}
 
     @classmethod
@@ -102,14 +149,15 @@ class CodeSpace(Space):
         removed = int((ann_rows < 0).sum())
         if len(outside) + removed > STALE_SHARE * len(data.codes):
             return None
-        previous.check(layout.ANNOY)
-        try:  # the same trees: a hard link costs no copy and no disk
-            os.link(previous.directory / layout.ANNOY, directory / layout.ANNOY)
-        except OSError:  # another file system, or links not allowed
-            shutil.copyfile(previous.directory / layout.ANNOY, directory / layout.ANNOY)
+        for name in (layout.ANNOY, layout.ANNOY_DIRECTIONS):
+            previous.check(name)
+            try:  # the same trees: a hard link costs no copy and no disk
+                os.link(previous.directory / name, directory / name)
+            except OSError:  # another file system, or links not allowed
+                shutil.copyfile(previous.directory / name, directory / name)
         np.save(directory / layout.ANNOY_ROWS, ann_rows)
         return {"metric": METRIC, "dims": int(data.codes.shape[1]),
-                "files": [layout.CODES, layout.ANNOY, layout.ANNOY_ROWS],
+                "files": [layout.CODES, layout.ANNOY, layout.ANNOY_DIRECTIONS, layout.ANNOY_ROWS],
                 "settings": {**settings, "ann_bytes": old["settings"]["ann_bytes"],
                              "fitted_in": previous.fitted_in(old), "outside_trees": len(outside),
                              "removed_from_trees": removed}}
@@ -123,7 +171,17 @@ class CodeSpace(Space):
         path = data.directory / layout.ANNOY
         if not path.is_file() or path.stat().st_size != s["ann_bytes"]:
             raise SpaceError(f"{layout.ANNOY} is missing or not the size meta.json records")
-        ann = AnnoyIndex(data.codes.shape[1], section["metric"])
+        directions = None
+        if "ann_dims" in s:  # trees over projected codes; an index built before has trees over the codes
+            try:
+                directions = np.load(data.directory / layout.ANNOY_DIRECTIONS, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise SpaceError(f"{layout.ANNOY_DIRECTIONS} is missing or corrupt ({type(e).__name__})") from None
+            if directions.shape != (data.codes.shape[1], s["ann_dims"]) or directions.dtype != np.float32:
+                raise SpaceError(f"{layout.ANNOY_DIRECTIONS} does not project {data.codes.shape[1]}-d codes "
+                                 f"to the {s['ann_dims']} dimensions meta.json records")
+        ann = (AnnoyIndex(data.codes.shape[1], section["metric"]) if directions is None else
+               AnnoyIndex(directions.shape[1], "euclidean"))
         try:
             ann.load(str(path))  # memory-mapped: shared between processes, not copied
         except OSError as e:
@@ -138,10 +196,11 @@ class CodeSpace(Space):
         for j in np.linspace(0, n - 1, num=min(8, n)).astype(int):
             row = int(j) if ann_rows is None else int(ann_rows[j])
             stored = np.asarray(ann.get_item_vector(int(j)), dtype=np.float32)
-            if row >= 0 and not np.allclose(stored, data.codes[row], rtol=1e-4, atol=1e-5):
+            expected = data.codes[row] if directions is None else unit_rows(data.codes[row])[0] @ directions
+            if row >= 0 and not np.allclose(stored, expected, rtol=1e-4, atol=1e-5):
                 raise SpaceError(f"{layout.ANNOY} and {layout.CODES} disagree at item {row}")
-        return cls(ann, int(s["search_k"]), ann_rows, outside,
-                   None if outside is None else np.asarray(data.codes[outside], dtype=np.float32))
+        return cls(ann, int(s["search_k"]), data.codes, directions, int(s.get("candidates", CANDIDATES)),
+                   ann_rows, outside)
 
     def embed(self, query: Query) -> np.ndarray:
         return query.code
@@ -151,30 +210,45 @@ class CodeSpace(Space):
 
     def search(self, vector: np.ndarray, k: int, search_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         search_k = max(search_k or self.search_k, k)
-        if self.ann_rows is None:
-            ids, dists = self.ann.get_nns_by_vector(vector, k, search_k=search_k, include_distances=True)
-            return np.asarray(ids, dtype=np.int64), np.asarray(dists, dtype=np.float32)
-        # The trees' answer without removed items: ask for a few more than k, and more again in the rare
-        # case that removed items still leave fewer than k.
-        asked = k + min(self.removed, 2 + k // 2)
-        while True:
-            items, dists = self.ann.get_nns_by_vector(vector, asked, search_k=max(search_k, asked),
-                                                      include_distances=True)
-            rows = self.ann_rows[np.asarray(items, dtype=np.int64)]
-            live = rows >= 0
-            if live.sum() >= k or asked >= self.ann.get_n_items():
-                break
-            asked *= 2
-        ids, dists = rows[live][:k], np.asarray(dists, dtype=np.float32)[live][:k]
+        if self.directions is None:  # trees over the codes: Annoy's own angular distances are exact
+            ids, dists = self._tree_rows(vector, k, search_k)
+        else:
+            rows, _ = self._tree_rows(unit_rows(vector)[0] @ self.directions, max(k, self.candidates), search_k)
+            ids, dists = rerank(self.codes, rows, vector, k)
         if len(self.outside):  # the rows outside the trees, exactly; Annoy's angular distance is sqrt(2 - 2 cos)
-            q = np.asarray(vector, dtype=np.float32)
-            cos = self.outside_unit @ (q / max(float(np.linalg.norm(q)), 1e-12))
+            cos = self.outside_unit @ unit_rows(vector)[0]
             near = np.argpartition(-cos, k - 1)[:k] if len(cos) > k else np.arange(len(cos))
             ids = np.concatenate([ids, self.outside[near]])
             dists = np.concatenate([dists, np.sqrt(np.maximum(2 - 2 * cos[near], 0)).astype(np.float32)])
             best = np.lexsort((ids, dists))[:k]
             ids, dists = ids[best], dists[best]
         return ids, dists
+
+    def _tree_rows(self, query: np.ndarray, wanted: int, search_k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The trees' `wanted` nearest as rows, with Annoy's distances, removed items left out."""
+        if self.ann_rows is None:
+            items, dists = self.ann.get_nns_by_vector(query, wanted, search_k=max(search_k, wanted),
+                                                      include_distances=True)
+            return np.asarray(items, dtype=np.int64), np.asarray(dists, dtype=np.float32)
+        # Ask for a few more than wanted, and more again in the rare case that removed items still leave fewer.
+        asked = wanted + min(self.removed, 2 + wanted // 2)
+        while True:
+            items, dists = self.ann.get_nns_by_vector(query, asked, search_k=max(search_k, asked),
+                                                      include_distances=True)
+            rows = self.ann_rows[np.asarray(items, dtype=np.int64)]
+            live = rows >= 0
+            if live.sum() >= wanted or asked >= self.ann.get_n_items():
+                break
+            asked *= 2
+        return rows[live][:wanted], np.asarray(dists, dtype=np.float32)[live][:wanted]
+
+
+def served_code_search(codes: np.ndarray, *, n_trees: int = N_TREES, search_k: int = SEARCH_K, seed: int = SEED,
+                       path: Path | None = None, n_jobs: int = 1) -> CodeSpace:
+    """The code space as a build makes it, over codes in memory: what evaluate and benchmark measure."""
+    directions = fit_tree_directions(codes, min(ANN_DIMS, codes.shape[1]), seed)
+    ann = build_annoy(codes, n_trees, seed=seed, path=path, n_jobs=n_jobs, directions=directions)
+    return CodeSpace(ann, search_k, codes, directions)
 
 
 def _segments(data: LoadInput, settings: dict) -> tuple[np.ndarray, np.ndarray]:
