@@ -80,12 +80,11 @@ def build_annoy(codes: np.ndarray, n_trees: int, *, seed: int = SEED, path: Path
 
 def rerank(codes: np.ndarray, rows: np.ndarray, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k of `rows` nearest to `vector` by exact angular distance on the full codes, ties to the smaller id."""
-    rows = np.asarray(rows, dtype=np.int64)
+    rows = np.sort(np.asarray(rows, dtype=np.int64))  # sorted: a memory map reads forward
     if len(rows) == 0:
         return rows, np.empty(0, dtype=np.float32)
-    cos = unit_rows(codes[np.sort(rows)]) @ unit_rows(vector)[0]  # sorted: a memory map reads forward
+    cos = unit_rows(codes[rows]) @ unit_rows(vector)[0]
     dists = np.sqrt(np.maximum(2 - 2 * cos, 0)).astype(np.float32)
-    rows = np.sort(rows)
     best = np.lexsort((rows, dists))[:k]
     return rows[best], dists[best]
 
