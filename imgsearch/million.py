@@ -227,6 +227,12 @@ def benchmark_million(collection: str | os.PathLike, model: str | os.PathLike, w
 
     def resume_phase() -> None:
         if pending("resume"):
+            if read_meta(out)["update"] is not None:
+                # An update changed the index since its clean build; the resumed build is compared with a
+                # clean one (its batches, items and codes), so the clean build is made and measured again.
+                phases.pop("clean", None)
+                clean_phase()
+                phases["_load"] = os.getloadavg()[0]
             meta = read_meta(out)
             # Killed when half the batches are written, then run again with the same arguments.
             batches = meta["ingest"]["batches"]

@@ -67,3 +67,7 @@ def test_the_million_run_measures_its_phases_and_measures_one_again_on_request(t
     assert {k: again[k] for k in first if k.startswith(("build_", "clean_"))} == \
         {k: first[k] for k in first if k.startswith(("build_", "clean_"))}  # reported as recorded
     assert again["update_changed"] == 3 and again["update_added"] == 0  # the same files, written again
+    # the resumed build is compared with a clean one, not with the index the update changed
+    resumed = million("resume")
+    assert resumed["resume_same_items"] and resumed["resume_same_codes"] and resumed["resumed_batches"] >= 1
+    assert resumed["indexed"] == 300  # the clean build made and measured again first
