@@ -96,9 +96,9 @@ def hamming_knn(db_codes: np.ndarray, query_codes: np.ndarray, k: int, bits: int
     """Top-k ids by exact Hamming distance between binary codes made as the bits space makes them."""
     mean, projection = fit_binariser(db_codes, bits, method=method, seed=seed)
     scan = HammingScan(word_major(binarise(db_codes, mean, projection)))
-    q = binarise(query_codes, mean, projection)
-    batches = tqdm(range(0, len(q), 500), desc=f"bits {bits} ({method})", unit="500 queries", mininterval=1.0)
-    return np.concatenate([scan.search(q[s:s + 500], k)[0] for s in batches])  # ties to the smaller id
+    q, batch = binarise(query_codes, mean, projection), 500  # batches only for the progress bar
+    starts = tqdm(range(0, len(q), batch), desc=f"bits {bits} ({method})", unit=f"{batch} queries", mininterval=1.0)
+    return np.concatenate([scan.search(q[s:s + batch], k)[0] for s in starts])  # ties to the smaller id
 
 
 # ---- the whole evaluation ------------------------------------------------------------------

@@ -48,6 +48,11 @@ def unit_rows(codes: np.ndarray) -> np.ndarray:
     return codes / np.maximum(np.linalg.norm(codes, axis=1, keepdims=True), 1e-12)
 
 
+def angular(cos: np.ndarray) -> np.ndarray:
+    """Annoy's angular distance from a cosine: sqrt(2 - 2 cos), the unit the code space reports."""
+    return np.sqrt(np.maximum(2 - 2 * cos, 0)).astype(np.float32)
+
+
 def fit_tree_directions(codes: np.ndarray, dims: int = ANN_DIMS, seed: int = SEED) -> np.ndarray:
     """(code_dim, dims) top principal directions of the unit codes. No mean is kept: the trees
     compare differences of projections (Euclidean), which a shift leaves unchanged."""
@@ -78,13 +83,13 @@ def build_annoy(codes: np.ndarray, n_trees: int, *, seed: int = SEED, path: Path
     return ann
 
 
-def rerank(codes: np.ndarray, rows: np.ndarray, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k of `rows` nearest to `vector` by exact angular distance on the full codes, ties to the smaller id."""
+def rerank(codes: np.ndarray, rows: np.ndarray, unit_query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k of `rows` nearest to a unit-length query by exact angular distance on the full codes,
+    ties to the smaller id."""
     rows = np.sort(np.asarray(rows, dtype=np.int64))  # sorted: a memory map reads forward
     if len(rows) == 0:
         return rows, np.empty(0, dtype=np.float32)
-    cos = unit_rows(codes[rows]) @ unit_rows(vector)[0]
-    dists = np.sqrt(np.maximum(2 - 2 * cos, 0)).astype(np.float32)
+    dists = angular(unit_rows(codes[rows]) @ unit_query)
     best = np.lexsort((rows, dists))[:k]
     return rows[best], dists[best]
 
@@ -209,16 +214,17 @@ class CodeSpace(Space):
 
     def search(self, vector: np.ndarray, k: int, search_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         search_k = max(search_k or self.search_k, k)
+        unit_query = unit_rows(vector)[0]
         if self.directions is None:  # trees over the codes: Annoy's own angular distances are exact
             ids, dists = self._tree_rows(vector, k, search_k)
         else:
-            rows, _ = self._tree_rows(unit_rows(vector)[0] @ self.directions, max(k, self.candidates), search_k)
-            ids, dists = rerank(self.codes, rows, vector, k)
-        if len(self.outside):  # the rows outside the trees, exactly; Annoy's angular distance is sqrt(2 - 2 cos)
-            cos = self.outside_unit @ unit_rows(vector)[0]
+            rows, _ = self._tree_rows(unit_query @ self.directions, max(k, self.candidates), search_k)
+            ids, dists = rerank(self.codes, rows, unit_query, k)
+        if len(self.outside):  # the rows outside the trees, exactly
+            cos = self.outside_unit @ unit_query
             near = np.argpartition(-cos, k - 1)[:k] if len(cos) > k else np.arange(len(cos))
             ids = np.concatenate([ids, self.outside[near]])
-            dists = np.concatenate([dists, np.sqrt(np.maximum(2 - 2 * cos[near], 0)).astype(np.float32)])
+            dists = np.concatenate([dists, angular(cos[near])])
             best = np.lexsort((ids, dists))[:k]
             ids, dists = ids[best], dists[best]
         return ids, dists

@@ -40,7 +40,7 @@ import numpy as np
 from .. import layout
 from .base import BuildInput, LoadInput, SpaceError, SpaceUnavailable
 from .bits import BitsSpace, binarise, fit_binariser, ITQ_ITERATIONS, BITS, WIDTHS
-from .code import METRIC, CodeSpace
+from .code import METRIC, CodeSpace, angular
 
 BACKEND = "milvus"
 PREFIX = "imgsearch"  # every collection this project creates starts so; pruning touches no other
@@ -250,7 +250,7 @@ class MilvusCodeSpace(CodeSpace):
 
     def search(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         ids, sims = _search(self, np.asarray(vector, dtype=np.float32), k)
-        return ids, np.sqrt(np.maximum(2 - 2 * sims, 0)).astype(np.float32)  # cosine -> Annoy's angular distance
+        return ids, angular(sims)
 
 
 def _search(space, vector, k: int) -> tuple[np.ndarray, np.ndarray]:
