@@ -233,3 +233,37 @@ def test_the_result_grid_is_one_block_with_captions_frames_and_both_layouts():
     assert "&lt;dog&gt;" in body and "<dog>" not in body  # labels are text, never markup
     assert body.count("data:image/png;base64,") == 4 and "--spaces:2" in body and "--per-row:5" in body
     assert "@container ims (max-width" in body and body.index("<style>") > body.index("</figure>")
+
+
+# ---- what keeps the page fast (docs/page.md) ----------------------------------------------------
+
+def test_the_landing_page_loads_the_chart_library_out_of_sight_and_drops_it_after_a_query(app):
+    preload = app.get("vega_lite_chart")
+    assert len(preload) == 1  # the Map's own chart with three dots, in the hidden container
+    assert "background" in preload[0].proto.spec and len(app.info) == 1
+    app.number_input(key="item_number").set_value(5).run()
+    assert not app.exception and not app.get("vega_lite_chart")  # a query's page draws no hidden chart
+
+
+def test_warming_up_fills_the_first_query_and_map_caches(index_dir):
+    import importlib.util
+
+    from imgsearch.explore import HOVER_SAMPLE, _png_url
+    from imgsearch.index import resolve
+
+    spec = importlib.util.spec_from_file_location("imgsearch_page", ROOT / "app.py")
+    page = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(page)  # defines the page's functions; main() runs only under `streamlit run`
+    _png_url.cache_clear()
+    page.warm_views(str(resolve(index_dir)))
+    # The hover pictures of both maps' sampled dots (60 items: the sample is the whole collection) were encoded.
+    assert _png_url.cache_info().currsize >= HOVER_SAMPLE
+    assert page.map_spec(["blue", "green", "red"])["layer"]  # the chart spec was built (and is now cached)
+
+
+def test_server_settings_that_keep_a_query_fast():
+    tomllib = pytest.importorskip("tomllib")
+
+    conf = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert conf["server"]["fileWatcherType"] == "none"  # a watcher over .venv cost the server a core
+    assert conf["runner"]["postScriptGC"] is False  # a full collection after each run held every reply back
