@@ -57,8 +57,8 @@ def load_index(build_dir: str) -> Index:
 @st.cache_resource(show_spinner=False, max_entries=1)
 def warm_up(build_dir: str) -> threading.Thread:
     """Once per build, in the background: the work a first query and a first Map view would otherwise do
-    while a person waits (measured: a first "Random" 2.4 s instead of 0.4 s, a first Map view 3.7 s
-    instead of 1.1 s; the Map's part is altair's import, the chart's spec, the samples, the thumbnails)."""
+    while a person waits (measured: a first "Random" 2.4 s instead of 0.6 s; the Map's part is altair's
+    import, the chart's spec, the samples and the hover pictures, ~0.7 s of a first Map view)."""
     thread = threading.Thread(target=warm_views, args=(build_dir,), name="imgsearch-warm-up", daemon=True)
     thread.start()
     return thread
@@ -303,23 +303,6 @@ def results_ui(index: Index, results, spaces: list[str], query_label: str | None
         hits = results.hits[space]
         col.pills(f"More like this: {index.spaces[space].title.lower()} result", list(range(len(hits))), key=f"more_{space}",
                   format_func=lambda r: f"#{r + 1}", on_change=more_like, args=(space, [h.id for h in hits]))
-
-
-def preload_charts_ui(index: Index) -> None:
-    """The Map's chart, out of sight and with three dots, drawn while the page waits for a first query: the
-    browser loads and compiles its chart library (seconds on two cores) now, not when the Map view opens."""
-    from imgsearch.explore import MAP_POINTS
-
-    if not index.maps:
-        return
-    points = map_background(str(index.path), "code", MAP_POINTS).head(3)
-    spec = map_spec(list(points["label"].cat.categories))
-    spec["datasets"] = {"background": points, "marked": points.assign(role=["query", "neighbour", "sample"][:len(points)],
-                                                                       image="")}
-    with st.container(key="chart_preload"):
-        st.html("<style>.st-key-chart_preload { position: absolute; left: -10000px; width: 160px; height: 80px; "
-                "overflow: hidden; }</style>")
-        st.vega_lite_chart(spec=spec, width=150)
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -577,7 +560,6 @@ def main() -> None:
     k = st.slider("Neighbours per space (k)", 1, 50, 10, key="k")
     if query is None:
         st.info("Upload an image or pick one from the collection to search.")
-        preload_charts_ui(index)
         return
     started = time.perf_counter()
     try:

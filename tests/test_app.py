@@ -237,14 +237,6 @@ def test_the_result_grid_is_one_block_with_captions_frames_and_both_layouts():
 
 # ---- what keeps the page fast (docs/page.md) ----------------------------------------------------
 
-def test_the_landing_page_loads_the_chart_library_out_of_sight_and_drops_it_after_a_query(app):
-    preload = app.get("vega_lite_chart")
-    assert len(preload) == 1  # the Map's own chart with three dots, in the hidden container
-    assert "background" in preload[0].proto.spec and len(app.info) == 1
-    app.number_input(key="item_number").set_value(5).run()
-    assert not app.exception and not app.get("vega_lite_chart")  # a query's page draws no hidden chart
-
-
 def test_warming_up_fills_the_first_query_and_map_caches(index_dir):
     import importlib.util
 
