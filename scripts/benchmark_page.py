@@ -109,8 +109,7 @@ def steps(page, url, browser, out, files, *, actions, visits, screenshots, k) ->
     out["cold_visit_s"] = time.perf_counter() - started
     page.get_by_text("Upload an image or pick one").wait_for(timeout=120_000)  # the index has loaded
     out["cold_ready_s"] = time.perf_counter() - started
-    # A later visit comes later: the first page has finished its run and what it loads meanwhile (the
-    # charts' library, which the page fetches while it waits for a first query).
+    # A later visit comes later: the first page has finished its run and every request it made.
     page.wait_for_function(IDLE, timeout=120_000)
     page.wait_for_load_state("networkidle")
 
