@@ -87,8 +87,10 @@ def test_upload_in_a_real_browser_shows_both_grids(server, browser, tmp_path):
     page.get_by_text("Upload an image or pick one").wait_for(timeout=60_000)
     started = time.time()
     page.locator("input[type=file]").set_input_files(str(query))
-    page.get_by_text("Pixel space", exact=True).wait_for(timeout=60_000)
-    page.get_by_text("Code space", exact=True).wait_for(timeout=60_000)
+    # The grids' headers (an upload has no class, so they are the spaces' bare titles; the "Spaces to
+    # compare" widget shows the same words, so the locator names the grid).
+    page.locator(".ims-head", has_text="Pixel space").wait_for(timeout=60_000)
+    page.locator(".ims-head", has_text="Code space").wait_for(timeout=60_000)
     page.get_by_text("#10 ·").nth(1).wait_for(timeout=60_000)  # the last result of the second grid
     seconds = time.time() - started
     page.wait_for_function("""() => [...document.querySelectorAll('[data-testid="stMain"] img')]
