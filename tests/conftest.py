@@ -1,4 +1,5 @@
 """Small generated data, shared by the tests: a labelled folder of images, a tiny model, an index."""
+import json
 import shutil
 from pathlib import Path
 
@@ -9,7 +10,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 
 from imgsearch.data import load_folder
-from imgsearch.index import build_index, resolve
+from imgsearch import layout
+from imgsearch.index import CHECKSUM, build_index, file_checksum, resolve
 from imgsearch.model import ConvAutoEncoder, ModelArgs, save_checkpoint
 
 OFFLINE = ROOT.parent / "shared" / "datasets" / "cifar10-jpg"
@@ -74,3 +76,17 @@ def copy_of(index_dir, tmp_path):
     dst = tmp_path / "copy"
     shutil.copytree(resolve(index_dir), dst)
     return dst
+
+
+def edit_meta(directory, change):
+    meta = json.loads((directory / layout.META).read_text())
+    change(meta)
+    (directory / layout.META).write_text(json.dumps(meta))
+
+
+def reseal(directory):
+    """Record the files' current checksums, so a test can reach the checks that come after them."""
+    def change(meta):
+        meta["checksums"] = {p.name: {"bytes": p.stat().st_size, CHECKSUM: file_checksum(p)}
+                             for p in directory.iterdir() if p.name != layout.META}
+    edit_meta(directory, change)

@@ -18,7 +18,7 @@ from imgsearch.index import (CHECKSUM, PRUNE_GRACE_SECONDS, BuildBusyError, Inde
 from imgsearch.quality import ReportError, load_evaluation
 from imgsearch.search import Index
 
-from conftest import ROOT
+from conftest import ROOT, edit_meta, reseal
 
 
 def flip(path, offsets):
@@ -27,20 +27,6 @@ def flip(path, offsets):
     for o in offsets:
         data[o] ^= 0x10
     path.write_bytes(bytes(data))
-
-
-def edit_meta(directory, change):
-    meta = json.loads((directory / layout.META).read_text())
-    change(meta)
-    (directory / layout.META).write_text(json.dumps(meta))
-
-
-def reseal(directory):
-    """Record the files' current checksums, so a test can reach the checks that come after them."""
-    def change(meta):
-        meta["checksums"] = {p.name: {"bytes": p.stat().st_size, CHECKSUM: file_checksum(p)}
-                             for p in directory.iterdir() if p.name != layout.META}
-    edit_meta(directory, change)
 
 
 # ---- checksums -------------------------------------------------------------------------------

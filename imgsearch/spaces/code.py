@@ -124,12 +124,12 @@ class CodeSpace(Space):
         kept_trees = cls._keep_trees(data, directory, settings)
         if kept_trees:
             return kept_trees
-        directions = fit_tree_directions(data.codes, dims, seed=data.seed)
-        np.save(directory / layout.ANNOY_DIRECTIONS, directions)
         # Built on disk: the trees grow in the file's pages, which the kernel writes back and drops at
         # will, instead of in the build's own memory and then a second time in save().
-        ann = build_annoy(data.codes, n_trees, seed=data.seed, path=directory / layout.ANNOY, directions=directions)
-        ann.unload()
+        space = served_code_search(data.codes, n_trees=n_trees, search_k=search_k, seed=data.seed,
+                                   path=directory / layout.ANNOY)
+        np.save(directory / layout.ANNOY_DIRECTIONS, space.directions)
+        space.ann.unload()
         return {"metric": METRIC, "dims": int(data.codes.shape[1]),
                 "files": [layout.CODES, layout.ANNOY, layout.ANNOY_DIRECTIONS],
                 "settings": {**settings, "ann_bytes": (directory / layout.ANNOY).stat().st_size}}
@@ -250,7 +250,8 @@ class CodeSpace(Space):
 
 def served_code_search(codes: np.ndarray, *, n_trees: int = N_TREES, search_k: int = SEARCH_K, seed: int = SEED,
                        path: Path | None = None, n_jobs: int = 1) -> CodeSpace:
-    """The code space as a build makes it, over codes in memory: what evaluate and benchmark measure."""
+    """The code space as a build makes it (CodeSpace.build calls this), over codes in memory: what evaluate
+    and benchmark measure."""
     directions = fit_tree_directions(codes, min(ANN_DIMS, codes.shape[1]), seed)
     ann = build_annoy(codes, n_trees, seed=seed, path=path, n_jobs=n_jobs, directions=directions)
     return CodeSpace(ann, search_k, codes, directions)
