@@ -40,7 +40,7 @@ from .model import load_checkpoint
 from .projection import LANDMARKS, collection_maps, extend_maps
 from .spaces import SPACES, BuildInput, Reuse, SpaceError
 from .spaces.code import N_TREES, SEARCH_K, SEED
-from .tables import NpyWriter
+from .tables import NpyWriter, let_go
 
 DEFAULT_INDEX = DATA_DIR / "index"
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "cifar10-ae.pt"
@@ -140,6 +140,7 @@ def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLik
                     built[name] = SPACES[name].build(shared, tmp_dir, **options.get(name, {}))
                 except SpaceError as e:
                     skipped_spaces[name] = str(e)
+                let_go(codes, pixels)  # a space's random reads (samples, re-ranks) stay mapped until told
                 space_seconds[name] = round(time.time() - t, 2)
             map_seconds, maps_carried = None, None
             if maps:
@@ -288,6 +289,7 @@ def assemble(tmp_dir: Path, work: Path, todo, previous: Previous | None, source,
             ids = previous.kept_old[s:s + ROWS_PER_WRITE]
             writers[layout.CODES].write(old_codes[ids])
             writers[layout.PIXELS].write(old_pixels[ids])
+            let_go(old_codes, old_pixels)
         del old_codes, old_pixels
     for b in range(n_batches):
         batch = read_batch(work, b)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import tables
+
 
 @dataclass
 class PCA:
@@ -23,8 +25,8 @@ class PCA:
         """(N, D) -> (N, n) float32, in chunks so a uint8 collection is never copied whole as floats."""
         x2 = np.asarray(x).reshape(len(x), self.components.shape[0])  # not -1: an update may project no rows
         out = np.empty((len(x2), self.n_components), dtype=np.float32)
-        for s in range(0, len(x2), chunk):
-            out[s:s + chunk] = (x2[s:s + chunk].astype(np.float32) - self.mean) @ self.components
+        for s, rows in tables.row_blocks(x2, chunk):
+            out[s:s + chunk] = (rows.astype(np.float32) - self.mean) @ self.components
         return out
 
     def reconstruct(self, y: np.ndarray) -> np.ndarray:
@@ -50,11 +52,11 @@ def fit_pca(x: np.ndarray, n: int, *, max_rows: int | None = None, seed: int = 0
     n = min(n, d)  # beyond the rank of a tiny sample the extra directions are arbitrary but orthonormal
     total = torch.zeros(d, dtype=torch.float64)
     for s in range(0, len(rows), chunk):
-        total += torch.from_numpy(x[rows[s:s + chunk]].astype(np.float64)).sum(0)
+        total += torch.from_numpy(tables.gather(x, rows[s:s + chunk]).astype(np.float64)).sum(0)
     mean = (total / len(rows)).float()
     cov = torch.zeros(d, d, dtype=torch.float64)
     for s in range(0, len(rows), chunk):
-        c = torch.from_numpy(x[rows[s:s + chunk]].astype(np.float32)) - mean
+        c = torch.from_numpy(tables.gather(x, rows[s:s + chunk]).astype(np.float32)) - mean
         cov += (c.T @ c).double()  # float32 products, float64 sums: exact enough, twice as fast as float64
     cov /= len(rows)
     vals, vecs = _top_eigen(cov, n, seed)

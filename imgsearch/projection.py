@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import tables
 from .pca import fit_pca
 
 LANDMARKS = 2000  # t-SNE cost grows ~n log n; 2,000 points take a few seconds here
@@ -24,7 +25,7 @@ PLACE_ROWS = 65536  # points normalised and placed at once: 64 MB of 256-d codes
 
 def _mean(x: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """The mean row, summed chunk by chunk in float64: x may be a read-only memory map of a million rows."""
-    return sum(np.asarray(x[s:s + chunk], dtype=np.float64).sum(0) for s in range(0, len(x), chunk)) / max(len(x), 1)
+    return sum(np.asarray(rows, dtype=np.float64).sum(0) for _, rows in tables.row_blocks(x, chunk)) / max(len(x), 1)
 
 
 def _unit(x: np.ndarray, mean: np.ndarray) -> torch.Tensor:
@@ -49,7 +50,7 @@ def landmark_tsne(features: np.ndarray, *, landmarks: int = LANDMARKS, seed: int
     mean = _mean(features)
     rng = np.random.default_rng(seed)
     marks = np.sort(rng.choice(n, min(landmarks, n), replace=False))
-    x_marks = _unit(features[marks], mean)
+    x_marks = _unit(tables.gather(features, marks), mean)
     if len(marks) < MIN_TSNE or bool((x_marks == x_marks[0]).all()):
         return _pca_layout(_unit(features, mean))
     perplexity = float(min(30, max(2, (len(marks) - 1) / 3)))
@@ -62,6 +63,7 @@ def landmark_tsne(features: np.ndarray, *, landmarks: int = LANDMARKS, seed: int
     for s in range(0, n, PLACE_ROWS):
         rest = s + np.flatnonzero(~is_mark[s:s + PLACE_ROWS])
         out[rest] = place_among(_unit(features[rest], mean), x_marks, layout)
+        tables.let_go(features)
     return out
 
 
@@ -89,7 +91,7 @@ def extend_maps(old_maps: dict[str, np.ndarray], kept_old: np.ndarray, codes: np
         return out
     marks = np.sort(np.random.default_rng(seed).choice(kept, min(LANDMARKS, kept), replace=False))
     rows = np.concatenate([marks, np.arange(kept, n)])  # the landmarks and the new items, sorted: a memory map reads forward
-    features = {"code": codes[rows], "pixel": pixel_features(pixels[rows], seed=seed)}
+    features = {"code": tables.gather(codes, rows), "pixel": pixel_features(tables.gather(pixels, rows), seed=seed)}
     for space in out:
         x = _normalise(features[space])  # centred on these rows alone: only their directions are compared
         out[space][kept:] = place_among(x[len(marks):], x[:len(marks)], out[space][marks])

@@ -1,16 +1,79 @@
 """Per-item tables written to disk block by block: at a million items a table is a gigabyte, and a
 build must not hold one whole to save it (issue 11: the build's memory stays flat as the collection
 grows). Both writers produce what numpy itself writes (`np.save`, `np.savez`), so `np.load` and
-`spaces.base.load_npz` read them, the latter memory-mapping the uncompressed members."""
+`spaces.base.load_npz` read them, the latter memory-mapping the uncompressed members.
+
+Read back through memory maps, the same tables would stay mapped, and counted as the build's own
+memory, once read: `row_blocks` and `gather` read them a block or a few rows at a time and `let_go`
+of what they read."""
 from __future__ import annotations
 
+import mmap
 import zipfile
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 
 BLOCK_ROWS = 4096  # rows of a table computed and written at once: 100 MB of pixels as float64, at any size
+GATHER_ROWS = 32  # scattered rows read between two let_go calls: at most a few dozen folios mapped at once
+
+
+def _read_only_map(a: np.ndarray) -> mmap.mmap | None:
+    """The read-only file map an array's memory belongs to, if any (a view's .base leads to it)."""
+    while isinstance(a, np.ndarray):
+        a = a.base
+    if isinstance(a, mmap.mmap):
+        with memoryview(a) as view:
+            if view.readonly:
+                return a
+    return None
+
+
+def let_go(*arrays: np.ndarray) -> None:
+    """Drop the pages that read-only memory-mapped arrays span from this process's resident memory.
+
+    A page of a mapped file that the process has read stays mapped, and counted as its own (VmRSS,
+    and the OOM killer's score), until the mapping closes: one pass over a million items' pixels
+    would leave the build holding 3 GB. Dropped pages stay in the page cache, so reading them again
+    costs a page fault, not a disk read, and the array's contents never change. Only the array's own
+    bytes are let go (a view of one row lets go of that row's pages, not the table's). Arrays that
+    are not read-only file maps (in memory, or copy-on-write, whose pages would be lost) are left alone."""
+    for a in arrays:
+        source = _read_only_map(a)
+        if source is None or a.size == 0:
+            continue
+        map_start = np.frombuffer(source, dtype=np.uint8).ctypes.data
+        first = a.ctypes.data + sum(st * (n - 1) for st, n in zip(a.strides, a.shape) if st < 0) - map_start
+        last = a.ctypes.data + sum(st * (n - 1) for st, n in zip(a.strides, a.shape) if st > 0) + a.itemsize - map_start
+        first -= first % mmap.PAGESIZE  # whole pages: a neighbour's share of one is read again from the cache
+        source.madvise(mmap.MADV_DONTNEED, first, min(last, len(source)) - first)
+
+
+def gather(table: np.ndarray, rows: np.ndarray, group: int = GATHER_ROWS) -> np.ndarray:
+    """table[rows] for rows scattered over a memory-mapped table (a seeded sample), letting go of the
+    pages every `group` rows. A fault maps the whole page-cache folio around the row it reads, up to
+    megabytes on a recent kernel, so the 20,000 rows of a sample would otherwise leave most of a
+    3 GB table mapped (1.4 GB measured at a million items)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if _read_only_map(table) is None:
+        return table[rows]
+    out = np.empty((len(rows), *table.shape[1:]), dtype=table.dtype)
+    for s in range(0, len(rows), group):
+        part = rows[s:s + group]
+        out[s:s + len(part)] = table[part]
+        let_go(table[part.min():part.max() + 1])
+    return out
+
+
+def row_blocks(table: np.ndarray, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, block) for consecutive blocks of `rows` (default BLOCK_ROWS) rows of a table. A
+    memory-mapped table's pages are let go after each block, so a pass holds one block, not the file."""
+    rows = rows or BLOCK_ROWS  # read when called: tests shrink BLOCK_ROWS to see blocks on small data
+    for s in range(0, len(table), rows):
+        block = table[s:s + rows]
+        yield s, block
+        let_go(block)
 
 
 class NpyWriter:

@@ -293,3 +293,63 @@ def test_the_spaces_tables_go_to_disk_without_being_held_whole(tmp_path, monkeyp
     # collection is the coarse bound kept for writing after them (~136 bytes an item), not the tables.
     per_extra_image = (peaks[1] - peaks[0]) / (2000 - 400)
     assert per_extra_image < 1024 / 2, peaks
+
+
+def mapped_kb(path) -> int:
+    """Resident kB of this process's memory maps of the file at `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):  # a mapping's first line
+                inside = line.rstrip().endswith(str(path))
+            elif inside and line.startswith("Rss:"):
+                total += int(head[1])
+    return total
+
+
+def test_let_go_drops_a_read_only_map_s_pages_and_nothing_else(tmp_path):
+    from imgsearch.tables import let_go, row_blocks
+
+    table = np.random.default_rng(0).integers(0, 256, (4096, 32, 32, 3), dtype=np.uint8)  # 12 MB
+    np.save(tmp_path / "pixels.npy", table)
+    mapped = np.load(tmp_path / "pixels.npy", mmap_mode="r")
+    assert int(mapped.sum(dtype=np.int64)) == int(table.sum(dtype=np.int64))
+    assert mapped_kb(tmp_path / "pixels.npy") > 11_000  # a whole pass leaves the whole file mapped
+    let_go(mapped[10:11])  # one row: its own page, not the table's
+    assert mapped_kb(tmp_path / "pixels.npy") > 11_000
+    let_go(mapped.reshape(len(mapped), -1)[::-1])  # a view reaches its map through .base, in any order
+    assert mapped_kb(tmp_path / "pixels.npy") < 100
+    assert (mapped == table).all()  # contents unchanged: the pages come back from the page cache
+    let_go(mapped)
+
+    total = sum(int(block.sum(dtype=np.int64)) for _, block in row_blocks(mapped, rows=256))  # 768 KB blocks
+    assert total == int(table.sum(dtype=np.int64))
+    assert mapped_kb(tmp_path / "pixels.npy") < 1024
+
+    copy_on_write = np.load(tmp_path / "pixels.npy", mmap_mode="c")
+    copy_on_write[0] = 7  # private pages, which dropping would lose
+    in_memory = table.copy()
+    let_go(copy_on_write, in_memory, np.empty(0))
+    assert (copy_on_write[0] == 7).all() and (in_memory == table).all()
+
+
+def test_the_build_s_passes_do_not_leave_the_stores_mapped(tmp_path):
+    from imgsearch.projection import collection_maps
+    from imgsearch.spaces import SPACES, BuildInput
+
+    rng = np.random.default_rng(5)
+    n = 3000  # 9 MB of pixels, 3 MB of codes
+    np.save(tmp_path / "pixels.npy", rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
+    np.save(tmp_path / "codes.npy", rng.standard_normal((n, 256)).astype(np.float32))
+    data = BuildInput(np.load(tmp_path / "pixels.npy", mmap_mode="r"), np.load(tmp_path / "codes.npy", mmap_mode="r"))
+    for name in ("pixel", "pca", "code", "bits"):
+        out = tmp_path / name
+        out.mkdir()
+        SPACES[name].build(data, out)
+        # What a pass reads is let go a block at a time; what is left is at most the last block's pages
+        # and the neighbourhoods of a few sampled rows, far from the 9 and 3 MB a pass maps.
+        assert mapped_kb(tmp_path / "pixels.npy") < 2048, name
+        assert mapped_kb(tmp_path / "codes.npy") < 1024, name
+    collection_maps(data.codes, data.pixels)
+    assert mapped_kb(tmp_path / "pixels.npy") < 2048 and mapped_kb(tmp_path / "codes.npy") < 1024

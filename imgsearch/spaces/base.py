@@ -85,6 +85,7 @@ class Reuse:
         for s in range(0, self.kept, tables.BLOCK_ROWS):
             rows = self.kept_old[s:s + tables.BLOCK_ROWS]
             yield tuple(table[rows] for table in old)
+            tables.let_go(*old)
         yield from new
 
 

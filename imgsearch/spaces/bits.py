@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .. import layout
+from .. import layout, tables
 from ..pca import fit_pca
 from .base import BuildInput, LoadInput, Query, Space, SpaceError, load_npz
 
@@ -53,8 +53,8 @@ def binarise(codes: np.ndarray, mean: np.ndarray, projection: np.ndarray, chunk:
     million memory-mapped codes are never copied whole as floats."""
     codes = np.atleast_2d(codes)
     out = np.empty((len(codes), projection.shape[1] // 64), dtype=np.uint64)
-    for s in range(0, len(codes), chunk):
-        bits = (np.asarray(codes[s:s + chunk], dtype=np.float32) - mean) @ projection > 0
+    for s, rows in tables.row_blocks(codes, chunk):
+        bits = (np.asarray(rows, dtype=np.float32) - mean) @ projection > 0
         out[s:s + chunk] = np.packbits(bits, axis=1).view(np.uint64)
     return out
 

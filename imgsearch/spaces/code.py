@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from annoy import AnnoyIndex
 
-from .. import layout
+from .. import layout, tables
 from ..pca import fit_pca
 from .base import BuildInput, LoadInput, Query, Space, SpaceError
 
@@ -59,7 +59,7 @@ def fit_tree_directions(codes: np.ndarray, dims: int = ANN_DIMS, seed: int = SEE
     rows = np.arange(len(codes))
     if len(codes) > PROJECTION_FIT_ROWS:
         rows = np.sort(np.random.default_rng(seed).choice(len(codes), PROJECTION_FIT_ROWS, replace=False))
-    return fit_pca(unit_rows(codes[rows]), dims).components
+    return fit_pca(unit_rows(tables.gather(codes, rows)), dims).components
 
 
 def build_annoy(codes: np.ndarray, n_trees: int, *, seed: int = SEED, path: Path | None = None,
@@ -75,8 +75,8 @@ def build_annoy(codes: np.ndarray, n_trees: int, *, seed: int = SEED, path: Path
     ann.set_seed(seed)
     if path is not None:
         ann.on_disk_build(str(path))
-    for s in range(0, len(codes), block):  # a block at a time: a million memory-mapped codes are never copied whole
-        rows = np.asarray(codes[s:s + block], dtype=np.float32)
+    for s, rows in tables.row_blocks(codes, block):  # a million memory-mapped codes are never copied whole
+        rows = np.asarray(rows, dtype=np.float32)
         for i, v in enumerate(rows if directions is None else unit_rows(rows) @ directions):
             ann.add_item(s + i, v)
     ann.build(n_trees, n_jobs=n_jobs)

@@ -74,7 +74,7 @@ class PcaSpace(Space):
 
 def projected_blocks(pca: PCA, pixels: np.ndarray):
     """The images' projections in [0, 1] pixel units, a block of rows at a time."""
-    for s in range(0, len(pixels), tables.BLOCK_ROWS):
-        block = pca.project(pixels[s:s + tables.BLOCK_ROWS])
+    for _, rows in tables.row_blocks(pixels):
+        block = pca.project(rows)
         block /= 255.0
         yield block

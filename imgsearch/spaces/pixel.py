@@ -137,8 +137,8 @@ def bound_blocks(pixels: np.ndarray, mean: np.ndarray, basis: np.ndarray, coarse
     flat = pixels.reshape(len(pixels), basis.shape[0])
     fine_dims = basis.shape[1]
     basis32 = np.asarray(basis, dtype=np.float32)
-    for s in range(0, len(flat), tables.BLOCK_ROWS):
-        c = flat[s:s + tables.BLOCK_ROWS].astype(np.float64) - mean
+    for _, rows in tables.row_blocks(flat):
+        c = rows.astype(np.float64) - mean
         # The product in float32 (half the time of float64, minutes at a million images); its rounding
         # is far inside SLACK. The totals stay float64: they are differences of large sums.
         y = (c.astype(np.float32) @ basis32).astype(np.float64)
