@@ -13,7 +13,7 @@ from imgsearch.pca import fit_pca
 from imgsearch.search import Index
 from imgsearch.spaces import SPACES, BuildInput, LoadInput, Query, Space, SpaceUnavailable, register_space
 from imgsearch.spaces.bits import HammingScan, binarise, fit_binariser, word_major
-from imgsearch.spaces.code import ANN_DIMS, CANDIDATES, build_annoy, served_code_search
+from imgsearch.spaces.code import build_annoy, served_code_search
 from imgsearch.spaces.pixel import PixelSpace, squared_distances
 
 from conftest import reseal
@@ -191,18 +191,18 @@ def angular_order(codes: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def test_the_code_space_re_ranks_the_projected_trees_answer_on_the_full_codes():
-    # Codes of rank 40 in 256 dimensions: the trees' ANN_DIMS directions hold all of them, so with every node
+    # Codes of rank 40 in 256 dimensions: the trees' 64 directions hold all of them, so with every node
     # visited the candidates are the true nearest, and the re-rank must give brute force's answer.
     rng = np.random.default_rng(3)
     codes = (rng.standard_normal((2000, 40)) @ rng.standard_normal((40, 256))).astype(np.float32)
     space = served_code_search(codes, n_trees=4, search_k=10**6)
-    assert space.directions.shape == (256, ANN_DIMS) and ANN_DIMS >= 40
-    assert np.allclose(space.directions.T @ space.directions, np.eye(ANN_DIMS), atol=1e-4)
+    assert space.directions.shape == (256, 64)
+    assert np.allclose(space.directions.T @ space.directions, np.eye(64), atol=1e-4)
     unit = codes[7] / np.linalg.norm(codes[7])
     assert np.allclose(space.ann.get_item_vector(7), unit @ space.directions, atol=1e-5)
     for q in (codes[5], codes[9] + 0.1 * codes[11], codes[1:4].sum(0)):
         order, d = angular_order(codes, q)
-        for k in (1, 10, CANDIDATES + 20):  # more than the candidates, so the trees are asked for k
+        for k in (1, 10, 120):  # 120: more than the 50 candidates, so the trees are asked for k
             ids, dists = space.search(q, k)
             assert ids.tolist() == order[:k].tolist() and np.allclose(dists, d[ids], atol=1e-5)
 

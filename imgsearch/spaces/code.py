@@ -1,8 +1,8 @@
 """Code space: the auto-encoder's float code, searched approximately with Annoy (angular).
 
 Annoy's trees hold each unit-length code projected on the codes' top ANN_DIMS principal
-directions, under a fifth of its floats: Annoy reads that much less per candidate and builds its
-trees ~8x faster. Its CANDIDATES nearest are then ranked by their exact angular distance on
+directions, a quarter of its floats: Annoy reads a quarter of the bytes per candidate and builds
+its trees ~8x faster. Its CANDIDATES nearest are then ranked by their exact angular distance on
 the full codes, which recovers what the projection blurs (docs/speed.md). Indexes built before
 keep trees over the full codes, and load and search as they did.
 
@@ -31,12 +31,8 @@ from ..pca import fit_pca
 from .base import BuildInput, LoadInput, Query, Space, SpaceError
 
 METRIC = "angular"  # cosine: the codes are trained with a cosine (InfoNCE) objective
-# At a million items, search_k 10,000, the same queries in turn: 48 dimensions (91% of the unit codes'
-# variance) with the best 100 re-ranked found 0.980 of the exact top 10 in 1.42 ms (p50), where 64
-# dimensions (94%) with the best 50 found 0.977 in 1.43 ms: a smaller item is read faster, and the
-# re-rank of 100 full codes (~0.1 ms) recovers what the projection blurs (docs/speed.md).
-ANN_DIMS = 48
-CANDIDATES = 100  # the trees' nearest re-ranked on the full codes
+ANN_DIMS = 64  # the unit codes' top 64 principal directions keep 94% of their variance at a million items
+CANDIDATES = 50  # re-ranked on the full code: the exact top 50 in 64-d held the exact top 10 of 256-d (1M, docs/speed.md)
 PROJECTION_FIT_ROWS = 50_000  # the directions of 50,000 codes are those of a million to within noise
 N_TREES = 20  # from the sweep in docs/speed.md: more trees barely help at a given search_k,
 SEARCH_K = 10_000  # which sets the latency: recall@10 0.998 at 50,000 items (1.1 ms), 0.977 at a million (1.5 ms)
