@@ -62,7 +62,7 @@ def gather(table: np.ndarray, rows: np.ndarray, group: int = GATHER_ROWS) -> np.
     for s in range(0, len(rows), group):
         part = rows[s:s + group]
         out[s:s + len(part)] = table[part]
-        let_go(table[part.min():part.max() + 1])
+        let_go(table)  # the whole table: the folios around the first and last row reach past them
     return out
 
 

@@ -309,7 +309,7 @@ def mapped_kb(path) -> int:
 
 
 def test_let_go_drops_a_read_only_map_s_pages_and_nothing_else(tmp_path):
-    from imgsearch.tables import let_go, row_blocks
+    from imgsearch.tables import gather, let_go, row_blocks
 
     table = np.random.default_rng(0).integers(0, 256, (4096, 32, 32, 3), dtype=np.uint8)  # 12 MB
     np.save(tmp_path / "pixels.npy", table)
@@ -325,6 +325,9 @@ def test_let_go_drops_a_read_only_map_s_pages_and_nothing_else(tmp_path):
 
     total = sum(int(block.sum(dtype=np.int64)) for _, block in row_blocks(mapped, rows=256))  # 768 KB blocks
     assert total == int(table.sum(dtype=np.int64))
+    assert mapped_kb(tmp_path / "pixels.npy") < 1024
+    sample = np.sort(np.random.default_rng(1).choice(len(table), 1000, replace=False))  # rows all over the file
+    assert (gather(mapped, sample) == table[sample]).all() and (gather(table, sample) == table[sample]).all()
     assert mapped_kb(tmp_path / "pixels.npy") < 1024
 
     copy_on_write = np.load(tmp_path / "pixels.npy", mmap_mode="c")
