@@ -141,3 +141,21 @@ def test_offline_copy_works_as_a_folder_collection():
     c = load_folder(OFFLINE / "test" / "frog", progress=False)
     assert len(c) == 1000 and c.classes == [] and c.pixels.shape == (1000, 32, 32, 3)
     assert 100 < c.pixels.mean() < 140
+
+
+def test_a_folder_is_listed_in_walk_order_without_hidden_files_or_linked_folders(tmp_path):
+    from imgsearch.data import list_folder
+
+    for rel in ("top.png", ".hidden.png", "b/1.png", "b/0.png", "b/deep/2.png", "b/.cache/3.png", "a/9.png",
+                ".git/x.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x" * len(rel))
+    (tmp_path / "linked").symlink_to(tmp_path / "a", target_is_directory=True)  # not followed: a loop, or a copy
+    (tmp_path / "b" / "also.png").symlink_to(tmp_path / "a" / "9.png")  # a linked file counts, with its target's size
+    (tmp_path / "b" / "broken.png").symlink_to(tmp_path / "gone.png")  # nothing to read: left out
+    listing = list_folder(tmp_path)
+    rel = [p[len(listing.root) + 1:] for p in listing.paths]
+    # a folder's files, then its subfolders, each in name order; the first subfolder is the class
+    assert rel == ["top.png", "a/9.png", "b/0.png", "b/1.png", "b/also.png", "b/deep/2.png"]
+    assert listing.classes == ["a", "b"] and listing.labels.tolist() == [-1, 0, 1, 1, 1, 1]
+    assert listing.stats[:, 0].tolist() == [7, 7, 7, 7, 7, 12]
