@@ -228,14 +228,18 @@ class Previous:
         old_paths = json.loads((directory / layout.PATHS).read_text())
         old_stats = np.load(directory / layout.FILE_STATS)
         where = {p: i for i, p in enumerate(old_paths) if p is not None}
-        old_row = np.fromiter((where.get(p, -1) for p in source.paths), dtype=np.int64, count=len(source.paths))
-        known = old_row >= 0
-        unchanged = known.copy()  # same path, size and modification time
-        unchanged[known] = (old_stats[old_row[known]] == source.stats[known]).all(axis=1)
-        changed = int((known & ~unchanged).sum())
-        kept_old = old_row[unchanged]
+        kept_old, kept_rows, new_rows, changed = [], [], [], 0
+        for row, (path, stat) in enumerate(zip(source.paths, source.stats)):
+            old = where.get(path)
+            if old is not None and (old_stats[old] == stat).all():
+                kept_old.append(old)
+                kept_rows.append(row)
+            else:
+                new_rows.append(row)
+                changed += old is not None
         removed = len(old_paths) - len(kept_old) - changed
-        return cls(directory, meta, kept_old, np.flatnonzero(unchanged), np.flatnonzero(~unchanged), changed, removed)
+        as_ids = lambda x: np.asarray(x, dtype=np.int64)
+        return cls(directory, meta, as_ids(kept_old), as_ids(kept_rows), as_ids(new_rows), changed, removed)
 
     def reuse(self) -> Reuse:
         """What the spaces may carry over from the previous build; each file is checksummed before it is read."""
