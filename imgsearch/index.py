@@ -140,7 +140,7 @@ def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLik
                     built[name] = SPACES[name].build(shared, tmp_dir, **options.get(name, {}))
                 except SpaceError as e:
                     skipped_spaces[name] = str(e)
-                let_go(codes, pixels)  # a space's random reads (samples, re-ranks) stay mapped until told
+                let_go(codes, pixels)  # a safety net: whatever a space read outside tables.row_blocks and gather
                 space_seconds[name] = round(time.time() - t, 2)
             map_seconds, maps_carried = None, None
             if maps:

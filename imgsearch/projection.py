@@ -60,10 +60,9 @@ def landmark_tsne(features: np.ndarray, *, landmarks: int = LANDMARKS, seed: int
     out[marks] = layout
     is_mark = np.zeros(n, dtype=bool)
     is_mark[marks] = True
-    for s in range(0, n, PLACE_ROWS):
-        rest = s + np.flatnonzero(~is_mark[s:s + PLACE_ROWS])
-        out[rest] = place_among(_unit(features[rest], mean), x_marks, layout)
-        tables.let_go(features)
+    for s, block in tables.row_blocks(features, PLACE_ROWS):
+        rest = np.flatnonzero(~is_mark[s:s + len(block)])
+        out[s + rest] = place_among(_unit(block[rest], mean), x_marks, layout)
     return out
 
 
