@@ -7,6 +7,7 @@ The code is the only path from encoder to decoder: no skip connections.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm import tqdm
 
 from .images import PREPROCESSING
@@ -66,6 +68,18 @@ class ConvAutoEncoder(nn.Module):
         """(B, 3, 32, 32) in [0, 1] -> (B, code_dim)."""
         return self.encoder(x)
 
+    def inference_encoder(self) -> nn.Sequential:
+        """The encoder as eval mode computes it, with each batch-norm folded into the layer before it.
+
+        The same function to float rounding (~1e-5), and ~30% faster on a CPU: a batch-norm in eval
+        mode is one more pass over every feature map (docs/speed.md). Folded again whenever a weight
+        or a running statistic has changed since (an optimizer step, a load, a move to a device)."""
+        state = tuple((t.data_ptr(), t._version) for t in [*self.encoder.parameters(), *self.encoder.buffers()])
+        cached = self.__dict__.get("_folded")  # a plain attribute, not a submodule: never in the state dict
+        if cached is None or cached[0] != state:
+            cached = self.__dict__["_folded"] = (state, fold_batchnorms(self.encoder))
+        return cached[1]
+
     def decode(self, code: torch.Tensor) -> torch.Tensor:
         """(B, code_dim) -> (B, 3, 32, 32) in [0, 1]."""
         h = self.decoder_in(code).view(len(code), 4 * self.args.width, 4, 4)
@@ -76,6 +90,37 @@ class ConvAutoEncoder(nn.Module):
 
     def project(self, code: torch.Tensor) -> torch.Tensor:
         return self.projector(code)
+
+
+def fold_batchnorms(module: nn.Sequential) -> nn.Sequential:
+    """A copy of `module` (nested Sequentials flattened) with every batch-norm that follows a conv or a
+    linear layer folded into that layer's weights and bias, using the batch-norm's running statistics.
+    In eval mode; `module` itself is left as it was."""
+    layers: list[nn.Module] = []
+    for m in copy.deepcopy(module).eval().modules():
+        if isinstance(m, nn.BatchNorm2d) and layers and isinstance(layers[-1], nn.Conv2d):
+            layers[-1] = fuse_conv_bn_eval(layers[-1], m)
+        elif isinstance(m, nn.BatchNorm1d) and layers and isinstance(layers[-1], nn.Linear):
+            layers[-1] = _fold_linear_batchnorm(layers[-1], m)
+        elif not isinstance(m, nn.Sequential):  # Sequentials are walked by modules(), in order
+            if any(True for _ in m.children()):
+                raise ValueError(f"cannot fold a {type(m).__name__}: only Sequentials of plain layers")
+            layers.append(m)
+    return nn.Sequential(*layers).eval()
+
+
+@torch.no_grad()
+def _fold_linear_batchnorm(linear: nn.Linear, bn: nn.BatchNorm1d) -> nn.Linear:
+    # torch's fuse_linear_bn_eval needs an affine batch-norm; the code's own has none (affine=False)
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    shift = -bn.running_mean * scale
+    if bn.affine:
+        scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
+    folded = nn.Linear(linear.in_features, linear.out_features, device=linear.weight.device)
+    folded.weight.copy_(linear.weight * scale[:, None])
+    bias = linear.bias if linear.bias is not None else torch.zeros_like(scale)
+    folded.bias.copy_(bias * scale + shift)
+    return folded
 
 
 def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
@@ -94,11 +139,12 @@ def encode_pixels(model: ConvAutoEncoder, pixels: np.ndarray, *, batch_size: int
                   progress: bool = False) -> np.ndarray:
     """(N, 32, 32, 3) uint8 -> (N, code_dim) float32 codes, in batches."""
     model.eval()
+    encoder = model.inference_encoder()
     out = np.empty((len(pixels), model.args.code_dim), dtype=np.float32)
     for start in tqdm(range(0, len(pixels), batch_size), desc="encoding", unit="batch",
                       disable=not progress, mininterval=0.5):
         batch = pixels_to_tensor(pixels[start:start + batch_size])
-        out[start:start + len(batch)] = model.encode(batch).numpy()
+        out[start:start + len(batch)] = encoder(batch).numpy()
     return out
 
 

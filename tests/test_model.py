@@ -39,6 +39,49 @@ def test_code_is_the_only_path_to_the_decoder():
     assert torch.equal(m.decode(code), m(x1))
 
 
+def _model_with_running_statistics(depth: int = 1) -> ConvAutoEncoder:
+    """A model whose batch-norms hold statistics of their own, not the identity they start as."""
+    torch.manual_seed(0)
+    m = ConvAutoEncoder(ModelArgs(width=8, code_dim=32, depth=depth)).train()
+    with torch.no_grad():
+        for _ in range(3):
+            m.encode(torch.rand(16, 3, 32, 32) * 3 - 1)
+    return m.eval()
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_folded_encoder_computes_the_eval_mode_encoder(depth):
+    m = _model_with_running_statistics(depth)
+    folded = m.inference_encoder()
+    assert not any(isinstance(layer, torch.nn.modules.batchnorm._BatchNorm) for layer in folded.modules())
+    x = torch.rand(7, 3, 32, 32)
+    with torch.no_grad():
+        expected = m.encode(x)
+        assert torch.allclose(folded(x), expected, atol=1e-5, rtol=1e-4)
+    pixels = np.random.default_rng(0).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+    with torch.no_grad():
+        by_model = m.encode(torch.tensor(pixels).permute(0, 3, 1, 2).float() / 255).numpy()
+    assert np.allclose(encode_pixels(m, pixels, batch_size=3), by_model, atol=1e-5, rtol=1e-4)
+
+
+def test_folding_leaves_the_model_alone_and_follows_its_weights():
+    m = _model_with_running_statistics().train()
+    keys = list(m.state_dict())
+    folded = m.inference_encoder()
+    assert all(module.training for module in m.modules())  # folding is done on a copy
+    assert list(m.state_dict()) == keys  # the cached copy is not a submodule
+    assert m.inference_encoder() is folded  # nothing changed: the same copy
+    with torch.no_grad():
+        m.encoder[-2].weight.add_(0.5)  # an optimizer step writes in place like this
+    refolded = m.eval().inference_encoder()
+    assert refolded is not folded
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(refolded(x), m.encode(x), atol=1e-5, rtol=1e-4)
+    m.load_state_dict(_model_with_running_statistics().state_dict())  # a load copies in place too
+    assert m.inference_encoder() is not refolded
+
+
 def test_augment_keeps_shape_and_range():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(8, 3, 32, 32)
