@@ -180,6 +180,21 @@ def test_every_exif_orientation_of_a_large_image(orientation):
     assert (px[2, 2] == [255, 0, 0]).all() and (px[-3, -3] == [0, 0, 255]).all()
 
 
+@pytest.mark.parametrize("orientation", [1, 6])
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_a_32x32_image_comes_back_pixel_for_pixel_and_turned_upright(fmt, orientation):
+    # Already the model's input size: no resize may touch it, only the EXIF turn, from a file and as given.
+    upright = np.random.default_rng(orientation).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    stored = Image.fromarray(upright).transpose(UNDO[orientation]) if orientation > 1 else Image.fromarray(upright)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encoded(stored, fmt, exif=exif.tobytes())
+    assert (to_pixels(data) == upright).all()
+    assert (to_pixels(Image.open(io.BytesIO(data))) == upright).all()
+    grey = upright[..., 0]
+    assert (to_pixels(encoded(Image.fromarray(grey), fmt)) == grey[..., None]).all()
+
+
 def test_converting_in_bands_changes_nothing(monkeypatch):
     grey16 = Image.fromarray((np.add.outer(np.arange(500), np.arange(700)) * 50).astype(np.uint16))
     rgba = smooth(700, 500, "RGBA")
