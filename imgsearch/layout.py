@@ -30,7 +30,7 @@ PIXEL_BOUND = "pixel_bound.npz"  # pixel space: PCA projection for the lower bou
 PCA = "pca.npz"  # pca space: mean, components and the projected collection
 ANNOY = "codes.ann"  # code space: Annoy trees over codes.npy
 ANNOY_DIRECTIONS = "code_ann_directions.npy"  # code space: (code_dim, ann_dims) projection the trees are built over
-ANNOY_ROWS = "code_ann_rows.npy"  # code space after an update: Annoy item -> row (-1: removed); absent = identity
+ANNOY_ROWS = "code_ann_rows.npy"  # code space: Annoy item -> row (-1: removed by an update); absent = identity
 BITS = "bits.npz"  # bits space: packed binary codes and the rotation that made them
 
 

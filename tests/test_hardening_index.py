@@ -167,6 +167,8 @@ def test_a_collection_without_classes_still_loads(copy_of):
     (lambda d: np.save(d / layout.PIXELS, np.load(d / layout.PIXELS).astype(np.float32)), "pixels.npy .*holds float32"),
     (lambda d: np.save(d / layout.LABELS, np.load(d / layout.LABELS) + 5), "labels outside the 3 classes"),
     (lambda d: (d / layout.PATHS).write_text(json.dumps([["a"]] * 60)), "paths.json .*neither a path nor null"),
+    (lambda d: np.save(d / layout.ANNOY_ROWS, np.zeros(60, dtype=np.int64)), "code_ann_rows.npy .*distinct items"),
+    (lambda d: np.save(d / layout.ANNOY_ROWS, np.roll(np.load(d / layout.ANNOY_ROWS), 1)), "codes.ann and codes.npy disagree"),
 ])
 def test_files_with_the_right_checksum_but_unusable_contents_are_refused(copy_of, damage, words):
     damage(copy_of)

@@ -26,9 +26,9 @@ def test_meta_describes_the_index(index_dir, collection, checkpoint):
     assert meta["collection"] == collection.spec and meta["skipped"] == 0
     assert len(meta["model"]["fingerprint"]) == 16 and meta["preprocessing"]["size"] == 32
     files = {p.name for p in resolve(index_dir).iterdir()}
-    assert files == {"meta.json", "model.pt", "codes.npy", "codes.ann", "code_ann_directions.npy", "pixels.npy",
-                     "labels.npy", "paths.json", "file_stats.npy", "map_code.npy", "map_pixel.npy", "pixel_bound.npz",
-                     "pca.npz", "bits.npz"}
+    assert files == {"meta.json", "model.pt", "codes.npy", "codes.ann", "code_ann_directions.npy", "code_ann_rows.npy",
+                     "pixels.npy", "labels.npy", "paths.json", "file_stats.npy", "map_code.npy", "map_pixel.npy",
+                     "pixel_bound.npz", "pca.npz", "bits.npz"}
     assert files >= {f for s in meta["spaces"].values() for f in s["files"]}
 
 

@@ -247,8 +247,9 @@ def test_an_update_past_the_stale_share_builds_the_trees_again(tmp_path, checkpo
         Image.fromarray(make_image(i % 3, seed=950 + i)).save(data / "red" / f"new{i}.png")
     build_index(str(data), checkpoint, out, update=True, maps=False, progress=False)
     code = read_meta(out)["spaces"]["code"]
-    assert layout.ANNOY_ROWS not in code["files"] and "fitted_in" not in code["settings"]
+    assert "fitted_in" not in code["settings"] and code["settings"]["outside_trees"] == 0
     assert not os.path.samefile(first / layout.ANNOY, resolve(out) / layout.ANNOY)
+    assert sorted(np.load(resolve(out) / layout.ANNOY_ROWS)) == list(range(66))  # every row, in the trees once
 
 
 def test_an_update_refuses_a_damaged_file_it_would_carry_over(tmp_path, collection_dir, checkpoint):

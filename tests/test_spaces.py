@@ -13,7 +13,7 @@ from imgsearch.pca import fit_pca
 from imgsearch.search import Index
 from imgsearch.spaces import SPACES, BuildInput, LoadInput, Query, Space, SpaceUnavailable, register_space
 from imgsearch.spaces.bits import HammingScan, binarise, fit_binariser, word_major
-from imgsearch.spaces.code import build_annoy, served_code_search
+from imgsearch.spaces.code import build_annoy, locality_order, project_codes, served_code_search
 from imgsearch.spaces.pixel import PixelSpace, squared_distances
 
 from conftest import reseal
@@ -198,7 +198,9 @@ def test_the_code_space_re_ranks_the_projected_trees_answer_on_the_full_codes():
     space = served_code_search(codes, n_trees=4, search_k=10**6)
     assert space.directions.shape == (256, 64)
     assert np.allclose(space.directions.T @ space.directions, np.eye(64), atol=1e-4)
-    unit = codes[7] / np.linalg.norm(codes[7])
+    assert sorted(space.ann_rows) == list(range(2000))  # every row is one Annoy item, in locality order
+    row = space.ann_rows[7]
+    unit = codes[row] / np.linalg.norm(codes[row])
     assert np.allclose(space.ann.get_item_vector(7), unit @ space.directions, atol=1e-5)
     for q in (codes[5], codes[9] + 0.1 * codes[11], codes[1:4].sum(0)):
         order, d = angular_order(codes, q)
@@ -212,13 +214,14 @@ def test_an_index_whose_trees_hold_the_full_codes_still_loads_and_searches(copy_
     meta = json.loads((copy_of / layout.META).read_text())
     codes = np.load(copy_of / layout.CODES)
     code = meta["spaces"]["code"]
-    (copy_of / layout.ANNOY).unlink()
-    (copy_of / layout.ANNOY_DIRECTIONS).unlink()
-    build_annoy(codes, 4, path=copy_of / layout.ANNOY).unload()
-    for key in ("ann_dims", "candidates"):
+    for name in (layout.ANNOY, layout.ANNOY_DIRECTIONS, layout.ANNOY_ROWS):
+        (copy_of / name).unlink()
+    build_annoy(codes, 4, metric="angular", path=copy_of / layout.ANNOY).unload()
+    for key in ("ann_dims", "candidates", "item_order", "outside_trees", "removed_from_trees"):
         del code["settings"][key]
     code["settings"]["ann_bytes"] = (copy_of / layout.ANNOY).stat().st_size
     code["files"].remove(layout.ANNOY_DIRECTIONS)
+    code["files"].remove(layout.ANNOY_ROWS)
     (copy_of / layout.META).write_text(json.dumps(meta))
     reseal(copy_of)
     space = Index.load(copy_of).spaces["code"]
@@ -226,6 +229,43 @@ def test_an_index_whose_trees_hold_the_full_codes_still_loads_and_searches(copy_
     order, d = angular_order(codes, codes[3])
     ids, dists = space.search(codes[3], 10, search_k=10**6)
     assert ids.tolist() == order[:10].tolist() and np.allclose(dists, d[ids], atol=1e-5)
+
+
+def test_an_index_whose_trees_hold_the_items_in_row_order_still_loads_and_searches(copy_of):
+    # The layout before the locality order: item i is row i, and no code_ann_rows.npy says so.
+    meta = json.loads((copy_of / layout.META).read_text())
+    codes = np.load(copy_of / layout.CODES)
+    code = meta["spaces"]["code"]
+    directions = np.load(copy_of / layout.ANNOY_DIRECTIONS)
+    for name in (layout.ANNOY, layout.ANNOY_ROWS):
+        (copy_of / name).unlink()
+    build_annoy(project_codes(codes, directions), 4, path=copy_of / layout.ANNOY).unload()
+    for key in ("item_order", "outside_trees", "removed_from_trees"):
+        del code["settings"][key]
+    code["settings"]["ann_bytes"] = (copy_of / layout.ANNOY).stat().st_size
+    code["files"].remove(layout.ANNOY_ROWS)
+    (copy_of / layout.META).write_text(json.dumps(meta))
+    reseal(copy_of)
+    space = Index.load(copy_of).spaces["code"]
+    assert space.ann_rows is None
+    for q in (codes[3] + 0.1 * codes[4], codes[-1] + 0.1 * codes[0]):
+        order, d = angular_order(codes, q)
+        ids, dists = space.search(q, 10, search_k=10**6)
+        assert ids.tolist() == order[:10].tolist() and np.allclose(dists, d[ids], atol=1e-5)
+
+
+def test_locality_order_keeps_near_points_together():
+    # Four tight clusters far apart, shuffled: halving at medians gives each cluster a run of its own.
+    rng = np.random.default_rng(0)
+    centres = np.array([[0, 0], [100, 0], [0, 100], [100, 100]], dtype=np.float32)
+    labels = rng.permutation(np.repeat(np.arange(4), 8))
+    points = centres[labels] + rng.standard_normal((32, 2)).astype(np.float32)
+    order = locality_order(points, leaf=8)
+    assert sorted(order) == list(range(32))
+    runs = labels[order].reshape(4, 8)
+    assert (runs == runs[:, :1]).all() and len(set(runs[:, 0])) == 4
+    assert (locality_order(points, leaf=8) == order).all()  # deterministic
+    assert (locality_order(points, leaf=32) == np.arange(32)).all()  # one cell: left as it is
 
 
 def test_a_version_one_index_is_refused_with_how_to_rebuild(copy_of):
@@ -237,7 +277,7 @@ def test_a_version_one_index_is_refused_with_how_to_rebuild(copy_of):
         Index.load(copy)
 
 
-@pytest.mark.parametrize("name", ["pixel_bound.npz", "pca.npz", "bits.npz", "code_ann_directions.npy"])
+@pytest.mark.parametrize("name", ["pixel_bound.npz", "pca.npz", "bits.npz", "code_ann_directions.npy", "code_ann_rows.npy"])
 def test_a_damaged_space_file_is_one_sentence(copy_of, name):
     copy = copy_of
     (copy / name).write_bytes(b"garbage")
