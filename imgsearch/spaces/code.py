@@ -37,7 +37,7 @@ ANN_DIMS = 64  # the unit codes' top 64 principal directions keep 94% of their v
 CANDIDATES = 50  # re-ranked on the full code: the exact top 50 in 64-d held the exact top 10 of 256-d (1M, docs/speed.md)
 PROJECTION_FIT_ROWS = 50_000  # the directions of 50,000 codes are those of a million to within noise
 N_TREES = 20  # from the sweep in docs/speed.md: more trees barely help at a given search_k,
-SEARCH_K = 10_000  # which sets the latency: recall@10 0.998 at 50,000 items (1.1 ms), 0.977 at a million (1.5 ms)
+SEARCH_K = 13_000  # which sets the latency: recall@10 ~0.98 at a million items (docs/speed.md)
 SEED = 0  # Annoy's tree-splitting seed: the same inputs give a byte-identical index
 # Annoy reads every candidate's vector from its file. Items stored in locality_order put the
 # members of a leaf, of any tree, in a few runs of the file instead of a few hundred scattered
