@@ -73,7 +73,7 @@ def to_pixels(source) -> np.ndarray:
     d = _decode(source)
     if d.size == (SIZE, SIZE) and d.image.mode == "RGB" and d.orientation not in _UPRIGHT:
         # Already the model's input (CIFAR-10, a million-image collection): the steps below would
-        # only copy it (~40% of decoding such a file, docs/speed.md).
+        # only copy it (about a third of the time such a file took, docs/speed.md).
         return np.array(d.image, dtype=np.uint8)
     img = _upright(d.image.convert("RGB"), d.orientation)
     nw, nh = _resized_size(_upright_box((0, 0, *d.size), d.size, d.orientation)[2:])

@@ -13,7 +13,7 @@ from imgsearch.pca import fit_pca
 from imgsearch.search import Index
 from imgsearch.spaces import SPACES, BuildInput, LoadInput, Query, Space, SpaceUnavailable, register_space
 from imgsearch.spaces.bits import HammingScan, binarise, fit_binariser, word_major
-from imgsearch.spaces.code import build_annoy, locality_order, project_codes, served_code_search
+from imgsearch.spaces.code import build_annoy, locality_order, served_code_search
 from imgsearch.spaces.pixel import PixelSpace, squared_distances
 
 from conftest import reseal
@@ -216,7 +216,7 @@ def test_an_index_whose_trees_hold_the_full_codes_still_loads_and_searches(copy_
     code = meta["spaces"]["code"]
     for name in (layout.ANNOY, layout.ANNOY_DIRECTIONS, layout.ANNOY_ROWS):
         (copy_of / name).unlink()
-    build_annoy(codes, 4, metric="angular", path=copy_of / layout.ANNOY).unload()
+    build_annoy(codes, 4, path=copy_of / layout.ANNOY).unload()
     for key in ("ann_dims", "candidates", "item_order", "outside_trees", "removed_from_trees"):
         del code["settings"][key]
     code["settings"]["ann_bytes"] = (copy_of / layout.ANNOY).stat().st_size
@@ -239,7 +239,7 @@ def test_an_index_whose_trees_hold_the_items_in_row_order_still_loads_and_search
     directions = np.load(copy_of / layout.ANNOY_DIRECTIONS)
     for name in (layout.ANNOY, layout.ANNOY_ROWS):
         (copy_of / name).unlink()
-    build_annoy(project_codes(codes, directions), 4, path=copy_of / layout.ANNOY).unload()
+    build_annoy(codes, 4, directions=directions, path=copy_of / layout.ANNOY).unload()
     for key in ("item_order", "outside_trees", "removed_from_trees"):
         del code["settings"][key]
     code["settings"]["ann_bytes"] = (copy_of / layout.ANNOY).stat().st_size

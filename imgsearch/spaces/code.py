@@ -70,8 +70,8 @@ def fit_tree_directions(codes: np.ndarray, dims: int = ANN_DIMS, seed: int = SEE
 
 
 def project_codes(codes: np.ndarray, directions: np.ndarray, block: int = 65536) -> np.ndarray:
-    """(N, dims) float32: the unit codes on the trees' directions, block by block (a million
-    memory-mapped codes are never copied whole)."""
+    """(N, dims) float32: the unit codes on `directions`, block by block (a million memory-mapped
+    codes are never copied whole)."""
     out = np.empty((len(codes), directions.shape[1]), dtype=np.float32)
     for s, rows in tables.row_blocks(codes, block):
         out[s:s + len(rows)] = unit_rows(rows) @ directions
@@ -95,19 +95,32 @@ def locality_order(points: np.ndarray, leaf: int = LOCALITY_LEAF) -> np.ndarray:
     return order
 
 
-def build_annoy(vectors: np.ndarray, n_trees: int, *, metric: str = "euclidean", order: np.ndarray | None = None,
-                seed: int = SEED, path: Path | None = None, n_jobs: int = 1) -> AnnoyIndex:
-    """A seeded Annoy index whose item j holds vectors[order[j]] (vectors[j] without an order).
+def build_annoy(codes: np.ndarray, n_trees: int, *, directions: np.ndarray | None = None,
+                order: np.ndarray | None = None, seed: int = SEED, path: Path | None = None, n_jobs: int = 1,
+                block: int = 65536) -> AnnoyIndex:
+    """A seeded Annoy index whose item j holds row order[j] of the codes (row j without an order): the
+    unit code projected on `directions`, Euclidean, or (directions None, the layout before) the code
+    itself, angular.
 
+    A block of items at a time: its rows read in ascending order, projected, added. So the
+    projections are never held whole (256 MB at a million items) beside the trees' growing file.
     One thread keeps the tree order, and so the file, deterministic; `path` builds on disk,
     for indexes too large to hold twice in memory.
     """
-    ann = AnnoyIndex(vectors.shape[1], metric)
+    ann = AnnoyIndex(codes.shape[1] if directions is None else directions.shape[1],
+                     METRIC if directions is None else "euclidean")
     ann.set_seed(seed)
     if path is not None:
         ann.on_disk_build(str(path))
-    for item, row in enumerate(range(len(vectors)) if order is None else order):
-        ann.add_item(item, vectors[row])
+    order = np.arange(len(codes)) if order is None else np.asarray(order)
+    for start in range(0, len(order), block):
+        rows = order[start:start + block]
+        ascending = np.argsort(rows, kind="stable")
+        vectors = np.asarray(tables.gather(codes, rows[ascending]), dtype=np.float32)
+        if directions is not None:
+            vectors = unit_rows(vectors) @ directions
+        for item, vector in zip(start + ascending, vectors):
+            ann.add_item(int(item), vector)
     ann.build(n_trees, n_jobs=n_jobs)
     return ann
 
@@ -286,9 +299,8 @@ def served_code_search(codes: np.ndarray, *, n_trees: int = N_TREES, search_k: i
     evaluate and benchmark measure. Trees over the codes' top ANN_DIMS directions, their items in
     locality order (CodeSpace.ann_rows maps them to rows), then an exact re-rank on the full codes."""
     directions = fit_tree_directions(codes, min(ANN_DIMS, codes.shape[1]), seed)
-    projected = project_codes(codes, directions)
-    order = locality_order(projected[:, :LOCALITY_DIMS])
-    ann = build_annoy(projected, n_trees, order=order, seed=seed, path=path, n_jobs=n_jobs)
+    order = locality_order(project_codes(codes, directions[:, :LOCALITY_DIMS]))
+    ann = build_annoy(codes, n_trees, directions=directions, order=order, seed=seed, path=path, n_jobs=n_jobs)
     return CodeSpace(ann, search_k, codes, directions, ann_rows=order)
 
 
