@@ -341,6 +341,7 @@ def test_let_go_drops_a_read_only_map_s_pages_and_nothing_else(tmp_path):
 def test_the_build_s_passes_do_not_leave_the_stores_mapped(tmp_path):
     from imgsearch.projection import collection_maps
     from imgsearch.spaces import SPACES, BuildInput
+    from imgsearch.spaces.bits import fit_binariser
 
     rng = np.random.default_rng(5)
     n = 3000  # 9 MB of pixels, 3 MB of codes
@@ -357,3 +358,7 @@ def test_the_build_s_passes_do_not_leave_the_stores_mapped(tmp_path):
         assert mapped_kb(tmp_path / "codes.npy") < 1024, name
     collection_maps(data.codes, data.pixels)
     assert mapped_kb(tmp_path / "pixels.npy") < 2048 and mapped_kb(tmp_path / "codes.npy") < 1024
+    # A sample read inside a step, before the step's own passes let go of the whole store: it must not
+    # map the store either (at a million codes, the bits' ITQ sample had mapped most of 1 GB).
+    fit_binariser(data.codes)
+    assert mapped_kb(tmp_path / "codes.npy") < 1024
