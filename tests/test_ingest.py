@@ -326,7 +326,9 @@ def test_let_go_drops_a_read_only_map_s_pages_and_nothing_else(tmp_path):
 
     total = sum(int(block.sum(dtype=np.int64)) for _, block in row_blocks(mapped, rows=256))  # 768 KB blocks
     assert total == int(table.sum(dtype=np.int64))
-    assert mapped_kb(tmp_path / "pixels.npy") < 1024
+    # Not even the folios that later blocks' faults mapped back over earlier ones (0.8-1.8 MB of them
+    # when only each block's own span was let go)
+    assert mapped_kb(tmp_path / "pixels.npy") < 256
     sample = np.sort(np.random.default_rng(1).choice(len(table), 1000, replace=False))  # rows all over the file
     assert (gather(mapped, sample) == table[sample]).all() and (gather(table, sample) == table[sample]).all()
     assert mapped_kb(tmp_path / "pixels.npy") < 1024
