@@ -209,22 +209,29 @@ def test_the_code_space_re_ranks_the_projected_trees_answer_on_the_full_codes():
             assert ids.tolist() == order[:k].tolist() and np.allclose(dists, d[ids], atol=1e-5)
 
 
+def trees_in_an_older_layout(index_dir: Path, *, projected: bool):
+    """Rewrite an index's code space as older builds wrote it, and load it: items in row order and no
+    code_ann_rows.npy; with projected False also trees over the full codes, angular, no directions file."""
+    meta = json.loads((index_dir / layout.META).read_text())
+    codes = np.load(index_dir / layout.CODES)
+    code = meta["spaces"]["code"]
+    directions = np.load(index_dir / layout.ANNOY_DIRECTIONS) if projected else None
+    dropped = [layout.ANNOY_ROWS] if projected else [layout.ANNOY_ROWS, layout.ANNOY_DIRECTIONS]
+    for name in (layout.ANNOY, *dropped):
+        (index_dir / name).unlink()
+    build_annoy(codes, 4, directions=directions, path=index_dir / layout.ANNOY).unload()
+    for key in ("item_order", "outside_trees", "removed_from_trees", *(() if projected else ("ann_dims", "candidates"))):
+        del code["settings"][key]
+    code["settings"]["ann_bytes"] = (index_dir / layout.ANNOY).stat().st_size
+    code["files"] = [name for name in code["files"] if name not in dropped]
+    (index_dir / layout.META).write_text(json.dumps(meta))
+    reseal(index_dir)
+    return codes, Index.load(index_dir).spaces["code"]
+
+
 def test_an_index_whose_trees_hold_the_full_codes_still_loads_and_searches(copy_of):
     # The layout before the projection: codes.ann angular over the codes themselves, no directions file.
-    meta = json.loads((copy_of / layout.META).read_text())
-    codes = np.load(copy_of / layout.CODES)
-    code = meta["spaces"]["code"]
-    for name in (layout.ANNOY, layout.ANNOY_DIRECTIONS, layout.ANNOY_ROWS):
-        (copy_of / name).unlink()
-    build_annoy(codes, 4, path=copy_of / layout.ANNOY).unload()
-    for key in ("ann_dims", "candidates", "item_order", "outside_trees", "removed_from_trees"):
-        del code["settings"][key]
-    code["settings"]["ann_bytes"] = (copy_of / layout.ANNOY).stat().st_size
-    code["files"].remove(layout.ANNOY_DIRECTIONS)
-    code["files"].remove(layout.ANNOY_ROWS)
-    (copy_of / layout.META).write_text(json.dumps(meta))
-    reseal(copy_of)
-    space = Index.load(copy_of).spaces["code"]
+    codes, space = trees_in_an_older_layout(copy_of, projected=False)
     assert space.directions is None
     order, d = angular_order(codes, codes[3])
     ids, dists = space.search(codes[3], 10, search_k=10**6)
@@ -233,21 +240,8 @@ def test_an_index_whose_trees_hold_the_full_codes_still_loads_and_searches(copy_
 
 def test_an_index_whose_trees_hold_the_items_in_row_order_still_loads_and_searches(copy_of):
     # The layout before the locality order: item i is row i, and no code_ann_rows.npy says so.
-    meta = json.loads((copy_of / layout.META).read_text())
-    codes = np.load(copy_of / layout.CODES)
-    code = meta["spaces"]["code"]
-    directions = np.load(copy_of / layout.ANNOY_DIRECTIONS)
-    for name in (layout.ANNOY, layout.ANNOY_ROWS):
-        (copy_of / name).unlink()
-    build_annoy(codes, 4, directions=directions, path=copy_of / layout.ANNOY).unload()
-    for key in ("item_order", "outside_trees", "removed_from_trees"):
-        del code["settings"][key]
-    code["settings"]["ann_bytes"] = (copy_of / layout.ANNOY).stat().st_size
-    code["files"].remove(layout.ANNOY_ROWS)
-    (copy_of / layout.META).write_text(json.dumps(meta))
-    reseal(copy_of)
-    space = Index.load(copy_of).spaces["code"]
-    assert space.ann_rows is None
+    codes, space = trees_in_an_older_layout(copy_of, projected=True)
+    assert space.ann_rows is None and space.directions is not None
     for q in (codes[3] + 0.1 * codes[4], codes[-1] + 0.1 * codes[0]):
         order, d = angular_order(codes, q)
         ids, dists = space.search(q, 10, search_k=10**6)
