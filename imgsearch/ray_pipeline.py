@@ -25,7 +25,7 @@ import numpy as np
 from .ingest import batch_rows, decode_files
 from .model import ConvAutoEncoder, ModelArgs, encode_pixels, pixels_to_tensor
 
-ENCODE_BATCH = 1024  # images per forward pass inside an actor: encode_pixels' default, so CPU codes match it
+GPU_BATCH = 1024  # images per forward pass on a GPU, which small batches would leave mostly idle
 
 
 class RayError(RuntimeError):
@@ -62,12 +62,12 @@ class Encoder:
 
     def encode(self, px: np.ndarray) -> np.ndarray:
         if self.device.type == "cpu":
-            return encode_pixels(self.model, px, batch_size=ENCODE_BATCH)  # the local pipeline's own function
+            return encode_pixels(self.model, px)  # the local pipeline's own function
         import torch
 
         with torch.no_grad():  # the same passes as encode_pixels, with the tensors on the GPU
-            return np.concatenate([self.model.encode(pixels_to_tensor(px[s:s + ENCODE_BATCH]).to(self.device)).cpu()
-                                   .numpy() for s in range(0, len(px), ENCODE_BATCH)]
+            return np.concatenate([self.model.encode(pixels_to_tensor(px[s:s + GPU_BATCH]).to(self.device)).cpu()
+                                   .numpy() for s in range(0, len(px), GPU_BATCH)]
                                   or [np.empty((0, self.model.args.code_dim), np.float32)])
 
 
