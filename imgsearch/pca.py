@@ -21,8 +21,9 @@ class PCA:
     def n_components(self) -> int:
         return self.components.shape[1]
 
-    def project(self, x: np.ndarray, chunk: int = 8192) -> np.ndarray:
-        """(N, D) -> (N, n) float32, in chunks so a uint8 collection is never copied whole as floats."""
+    def project(self, x: np.ndarray, chunk: int | None = None) -> np.ndarray:
+        """(N, D) -> (N, n) float32, in chunks: a uint8 collection is never copied whole as floats."""
+        chunk = chunk or tables.CACHE_ROWS  # read when called: tests shrink it to see chunks on small data
         x2 = np.asarray(x).reshape(len(x), self.components.shape[0])  # not -1: an update may project no rows
         out = np.empty((len(x2), self.n_components), dtype=np.float32)
         for s, rows in tables.row_blocks(x2, chunk):

@@ -16,6 +16,10 @@ from typing import BinaryIO, Iterable, Iterator
 import numpy as np
 
 BLOCK_ROWS = 4096  # rows of a table computed and written at once: 100 MB of pixels as float64, at any size
+# Rows of pixels turned into floats at once by a pass that projects them: 3 MB as float32 and 6 MB as
+# float64, which stay near the cores. Projections of 4,096 or 8,192 rows at once (100 MB each) took
+# ~1.5x as long, with the same results bit for bit (docs/speed.md).
+CACHE_ROWS = 256
 GATHER_ROWS = 32  # scattered rows read between two let_go calls: at most a few dozen folios mapped at once
 
 

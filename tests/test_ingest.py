@@ -29,7 +29,7 @@ def by_path(s: dict) -> dict:
 
 
 def test_a_folder_built_in_batches_equals_the_folder_read_whole(tmp_path, collection_dir, checkpoint):
-    # batches of 16: several batches, so decoding runs in its own process beside the encoder
+    # batches of 16: several batches, so they are decoded and encoded by worker processes
     build_index(str(collection_dir), checkpoint, tmp_path / "batched", batch_size=16, maps=False, progress=False)
     build_index(load_folder(collection_dir, progress=False), checkpoint, tmp_path / "whole", maps=False,
                 progress=False)
@@ -63,14 +63,14 @@ def test_a_killed_build_resumes_from_its_last_batch_and_ends_as_a_clean_build(tm
     out = tmp_path / "index"
     killed = subprocess.run([sys.executable, "-c", KILLED_BUILD, str(collection_dir), str(checkpoint), str(out), "3"])
     assert killed.returncode == -9 and not out.exists()  # nothing published
-    # Its decoding process died with it, and with that the build lock it had inherited is free.
+    # Its worker processes died with it, and with that the build lock they had inherited is free.
     deadline = time.time() + 10
     while True:
         try:
             with build_lock(out, wait=False):
                 break
         except BuildBusyError:
-            assert time.time() < deadline, "a killed build's decoder still holds the build lock"
+            assert time.time() < deadline, "a killed build's worker still holds the build lock"
             time.sleep(0.2)
     work = list((tmp_path / "index.builds").glob("*.work"))
     assert len(work) == 1 and len(list(work[0].glob("batch-*.npz"))) == 3
@@ -289,6 +289,7 @@ def test_the_spaces_tables_go_to_disk_without_being_held_whole(tmp_path, monkeyp
     from imgsearch.search import Index  # noqa: F401  (the spaces' modules, imported before measuring)
 
     monkeypatch.setattr(tables, "BLOCK_ROWS", 64)
+    monkeypatch.setattr(tables, "CACHE_ROWS", 64)
     peaks = [spaces_peak(tmp_path, n) for n in (400, 2000)]
     # The fine pixel bound and the pca projections are ~1 KB an item each. What may grow with the
     # collection is the coarse bound kept for writing after them (~136 bytes an item), not the tables.

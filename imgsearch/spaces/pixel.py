@@ -137,7 +137,7 @@ def bound_blocks(pixels: np.ndarray, mean: np.ndarray, basis: np.ndarray, coarse
     flat = pixels.reshape(len(pixels), basis.shape[0])
     fine_dims = basis.shape[1]
     basis32 = np.asarray(basis, dtype=np.float32)
-    for _, rows in tables.row_blocks(flat):
+    for _, rows in tables.row_blocks(flat, tables.CACHE_ROWS):
         c = rows.astype(np.float64) - mean
         # The product in float32 (half the time of float64, minutes at a million images); its rounding
         # is far inside SLACK. The totals stay float64: they are differences of large sums.
