@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -35,7 +36,8 @@ import xxhash
 from . import layout
 from .data import DATA_DIR, Collection, CollectionError
 from .images import PREPROCESSING
-from .ingest import BATCH, batch_file, batch_rows, ingest, read_batch, source_of
+from .ingest import (BATCH, batch_file, batch_rows, encoding_workers, ingest, local_batches, read_batch, reads_files,
+                     source_of)
 from .model import load_checkpoint
 from .projection import LANDMARKS, collection_maps, extend_maps
 from .spaces import SPACES, BuildInput, Reuse, SpaceError
@@ -98,20 +100,24 @@ def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLik
                ) if progress else (lambda: step("waiting for another build to finish", 0.0))
     with build_lock(out, wait=wait, on_wait=waiting):
         remove_leftovers(out)
-        step("reading the collection", 0.0)
-        source = source_of(data)
         model, info = load_checkpoint(model_path)
-        previous = Previous.of(out, source, info) if update else None
-        todo = source if previous is None else source.subset(previous.new_rows)
-        builds = builds_dir(out)
-        # One resumable work folder per set of inputs; an unfinished build with other inputs is abandoned.
-        work = builds / f"{todo.key(info['fingerprint'], batch_size)[:20]}.work"
-        for stale in builds.glob("*.work"):
-            if stale != work:
-                shutil.rmtree(stale, ignore_errors=True)
-        step("decoding and encoding", 0.05)
-        ingested = ingest(todo, model, work, batch_size=batch_size, progress=progress, batches=batches,
-                          on_step=lambda f: step("decoding and encoding", 0.05 + 0.5 * f))
+        # The workers start before the collection is listed, so they do not share (and count) the listing.
+        local = batches is None and reads_files(data)
+        with encoding_workers(model) if local else contextlib.nullcontext() as pool:
+            step("reading the collection", 0.0)
+            source = source_of(data)
+            previous = Previous.of(out, source, info) if update else None
+            todo = source if previous is None else source.subset(previous.new_rows)
+            builds = builds_dir(out)
+            # One resumable work folder per set of inputs; an unfinished build with other inputs is abandoned.
+            work = builds / f"{todo.key(info['fingerprint'], batch_size)[:20]}.work"
+            for stale in builds.glob("*.work"):
+                if stale != work:
+                    shutil.rmtree(stale, ignore_errors=True)
+            step("decoding and encoding", 0.05)
+            ingested = ingest(todo, model, work, batch_size=batch_size, progress=progress,
+                              batches=functools.partial(local_batches, pool=pool) if local else batches,
+                              on_step=lambda f: step("decoding and encoding", 0.05 + 0.5 * f))
         del model  # the spaces need only the codes: free its memory for theirs
         options = {"code": {"n_trees": n_trees, "search_k": search_k}, **({"bits": {"bits": bits}} if bits else {}),
                    **(options or {})}

@@ -9,8 +9,11 @@ sizes and modification times, the model, the batch size) and skips the finished 
 batch is encoded exactly as a clean build would encode it, so a resumed build's codes are the
 clean build's, bit for bit.
 
-Decoding (Pillow) runs in a separate process while this one encodes (torch): on two cores they
-take about as long per image each, so overlapping them nearly halves a build.
+A folder's files are decoded (Pillow) and encoded (torch) by one worker process per core, each
+with one torch thread, while this process writes the finished batches. An earlier version decoded
+in one process beside an encoder with a torch thread per core: three busy threads on two cores,
+and torch's threads wait for each other at every layer, so whenever the decoder had a core one
+of them waited for nothing. With a process per core, both cores do useful work all the time.
 
 `Source` is what a build reads: the files of a folder (with their sizes and modification times,
 which let `--update` tell new and changed files from the rest), or pixels already in memory
@@ -18,6 +21,7 @@ which let `--update` tell new and changed files from the rest), or pixels alread
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -39,11 +43,11 @@ from .images import ImageError, to_pixels
 from .model import encode_pixels
 
 BATCH = 4096  # items per batch: the unit a killed build resumes from (~1.5 s of work, 12 MB of pixels)
-DECODERS = 1  # decoding processes beside the encoder: on 2 cores one decoder and torch's threads balance
-PREFETCH = 2  # batches decoded ahead of the encoder: enough to hide a slow file, little memory
-# Forked, where the system can: a decoder never touches torch (whose threads a fork would not copy),
-# and a spawned one would re-run the caller's script, breaking every script without a __main__ guard.
-DECODER_START = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+PREFETCH = 2  # batches in flight beyond one per worker: enough to hide a slow file, little memory
+# Forked, where the system can: a spawned worker would re-run the caller's script, breaking every
+# script without a __main__ guard. A forked worker uses torch with one thread only: torch's thread
+# pool does not survive a fork, but a single thread never starts one.
+WORKER_START = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
 
 
 @dataclass
@@ -86,11 +90,16 @@ def scan_folder(root: str | os.PathLike) -> Source:
     return Source(listing.root, listing.classes, listing.labels, listing.paths, listing.stats)
 
 
+def reads_files(data: str | Collection) -> bool:
+    """Whether a build's --data is a folder of files to decode (not pixels already in memory)."""
+    return not isinstance(data, Collection) and not (data.startswith("cifar10") and not Path(data).exists())
+
+
 def source_of(data: str | Collection) -> Source:
     """A build's --data: "cifar10", "cifar10:test", a folder, or a Collection already in memory."""
     if isinstance(data, Collection):
         return from_collection(data)
-    if data.startswith("cifar10") and not Path(data).exists():
+    if not reads_files(data):
         from .data import load_collection
         return from_collection(load_collection(data))
     return scan_folder(data)
@@ -111,7 +120,7 @@ def decode_files(paths: list[str]) -> tuple[np.ndarray, np.ndarray, list[tuple[i
 
 
 def _die_with(parent: int) -> None:
-    """A decoder must not outlive its build: forked, it shares the build's open files, the build lock
+    """A worker must not outlive its build: forked, it shares the build's open files, the build lock
     among them, and an orphan blocked on a full result pipe would hold that lock forever (seen when
     a build was SIGKILLed: the next build waited for a lock no build held)."""
     if sys.platform.startswith("linux"):
@@ -131,34 +140,74 @@ def batch_rows(n: int, batch_size: int) -> list[range]:
     return [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
 
 
-def decoded_batches(source: Source, todo: list[int], batch_size: int, workers: int = DECODERS):
-    """Yield (batch number, pixels, readable (n,) bool, errors) for each batch in `todo`, decoding
-    ahead in `workers` processes so that the caller's work on one batch overlaps the next one's decoding."""
+def usable_cores() -> int:
+    """The cores this process may run on (a container or `taskset` may allow fewer than the machine has)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+_worker_model = None  # the model, in a worker process
+
+
+def _start_worker(parent: int, model) -> None:
+    import torch
+
+    _die_with(parent)
+    torch.set_num_threads(1)  # one process per core: a second thread would only compete with the other worker
+    global _worker_model
+    _worker_model = model
+
+
+def decode_and_encode(paths: list[str]) -> tuple[np.ndarray, list[tuple[int, str]], np.ndarray, np.ndarray]:
+    """In a worker: (readable (n,) bool, errors, pixels of the readable items, their codes)."""
+    pixels, ok, errors = decode_files(paths)
+    px = np.ascontiguousarray(pixels[ok])
+    return ok, errors, px, encode_pixels(_worker_model, px)
+
+
+@contextlib.contextmanager
+def encoding_workers(model, count: int | None = None):
+    """A pool of `count` worker processes (default: one per core) that decode and encode whole batches,
+    or None on a single core. The workers are forked at once, so start them before listing a large
+    collection: a forked process shares its parent's memory as it is at the fork, and that memory
+    counts as each process's own resident memory (a million paths are ~300 MB)."""
+    count = count or usable_cores()
+    if count <= 1:
+        yield None
+        return
+    pool = ProcessPoolExecutor(count, mp_context=WORKER_START, initializer=_start_worker,
+                               initargs=(os.getpid(), model))
+    try:
+        pool.submit(int).result()  # a forking pool starts all its workers at the first job: now
+        yield pool
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def local_batches(source: Source, model, todo: list[int], batch_size: int, pool: ProcessPoolExecutor | None = None):
+    """Yield (batch number, readable (n,) bool, errors, pixels of the readable items, their codes) for each
+    batch in `todo`, in order: decoded and encoded by `pool`'s workers (`encoding_workers`; started here
+    when not given and there is more than one batch)."""
     every = batch_rows(len(source), batch_size)
     rows = [every[b] for b in todo]
-    if source.pixels is not None:  # already decoded
+    if source.pixels is not None:  # already decoded: torch's own threads use every core
         for b, r in zip(todo, rows):
-            yield b, source.pixels[r.start:r.stop], np.ones(len(r), dtype=bool), []
-    elif len(todo) <= 1:  # nothing to overlap with: a decoding process would only cost its start-up
+            px = np.ascontiguousarray(source.pixels[r.start:r.stop])
+            yield b, np.ones(len(r), dtype=bool), [], px, encode_pixels(model, px)
+    elif pool is None and len(todo) > 1 and usable_cores() > 1:
+        with encoding_workers(model) as pool:
+            yield from local_batches(source, model, todo, batch_size, pool)
+    elif pool is None:  # one batch, or one core: nothing to run beside
         for b, r in zip(todo, rows):
-            yield (b, *decode_files(source.paths[r.start:r.stop]))
+            pixels, ok, errors = decode_files(source.paths[r.start:r.stop])
+            px = np.ascontiguousarray(pixels[ok])
+            yield b, ok, errors, px, encode_pixels(model, px)
     else:
-        with ProcessPoolExecutor(workers, mp_context=DECODER_START, initializer=_die_with,
-                                 initargs=(os.getpid(),)) as pool:
-            jobs = (pool.submit(decode_files, source.paths[r.start:r.stop]) for r in rows)
-            pending = deque(next(jobs) for _ in range(min(PREFETCH + workers, len(todo))))
-            for b in todo:
-                pixels, ok, errors = pending.popleft().result()
-                pending.extend(itertools.islice(jobs, 1))  # keep the decoders PREFETCH batches ahead
-                yield b, pixels, ok, errors
-
-
-def local_batches(source: Source, model, todo: list[int], batch_size: int, workers: int = DECODERS):
-    """Yield (batch number, readable (n,) bool, errors, pixels of the readable items, their codes) for each
-    batch in `todo`: decoded in `workers` processes while this process encodes."""
-    for b, pixels, ok, errors in decoded_batches(source, todo, batch_size, workers):
-        px = np.ascontiguousarray(pixels[ok])
-        yield b, ok, errors, px, encode_pixels(model, px)
+        jobs = (pool.submit(decode_and_encode, source.paths[r.start:r.stop]) for r in rows)
+        pending = deque(itertools.islice(jobs, usable_cores() + PREFETCH))  # the pool has at most one worker a core
+        for b in todo:
+            ok, errors, px, codes = pending.popleft().result()
+            pending.extend(itertools.islice(jobs, 1))  # keep every worker busy, PREFETCH batches ahead
+            yield b, ok, errors, px, codes
 
 
 def ingest(source: Source, model, work: Path, *, batch_size: int = BATCH, progress: bool = True,

@@ -175,6 +175,26 @@ def ingest_peak(root, checkpoint, work, batch_size) -> int:
         tracemalloc.stop()
 
 
+def test_worker_processes_encode_what_this_process_encodes(tmp_path, collection_dir, checkpoint):
+    from imgsearch.ingest import decode_files, encoding_workers, local_batches
+    from imgsearch.model import encode_pixels
+
+    source = scan_folder(collection_dir)
+    model, _ = load_checkpoint(checkpoint)
+    pixels, ok, _ = decode_files(source.paths)
+    # batch by batch, as the workers encode; torch's threads have run here before the workers are forked
+    here = np.concatenate([encode_pixels(model, pixels[s:s + 16][ok[s:s + 16]]) for s in range(0, len(ok), 16)])
+    with encoding_workers(model, count=2) as pool:
+        assert pool is not None
+        batches = list(local_batches(source, model, [3, 0, 1, 2], 16, pool))
+    assert [b[0] for b in batches] == [3, 0, 1, 2]  # in the order asked for
+    batches.sort(key=lambda b: b[0])
+    assert (np.concatenate([b[3] for b in batches]) == pixels[ok]).all()
+    assert np.array_equal(np.concatenate([b[4] for b in batches]), here)  # one thread or two: bit for bit
+    with encoding_workers(model, count=1) as pool:
+        assert pool is None  # one core: nothing to run beside this process, which encodes itself
+
+
 def test_memory_stays_flat_when_the_collection_grows(tmp_path, checkpoint):
     small = write_collection(tmp_path / "small", per_class=40)  # 120 images
     large = write_collection(tmp_path / "large", per_class=200)  # 600 images: 1.8 MB of pixels
