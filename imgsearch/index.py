@@ -138,7 +138,7 @@ def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLik
             pixels = np.load(tmp_dir / layout.PIXELS, mmap_mode="r")
             built, skipped_spaces, space_seconds = {}, {}, {}
             reuse = previous.reuse() if previous else None
-            shared = BuildInput(pixels, codes, seed=seed, options=options, previous=reuse)
+            shared = BuildInput(pixels, codes, seed=seed, options=options, previous=reuse, scratch=work)
             for n, name in enumerate(names):
                 step(f"building the {name} space", 0.6 + 0.2 * n / len(names))
                 t = time.time()
@@ -156,7 +156,7 @@ def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLik
                 if old_maps:  # an update: the kept items stay where they were, the new ones are placed among them
                     made, maps_carried = extend_maps(old_maps, previous.kept_old, codes, pixels, seed=seed), True
                 else:
-                    made = collection_maps(codes, pixels, seed=seed)
+                    made = collection_maps(codes, pixels, seed=seed, projected=shared.pixel_projection_if_made())
                 for space, xy in made.items():
                     np.save(tmp_dir / layout.map_file(space), xy)
                 map_seconds = round(time.time() - t, 2)

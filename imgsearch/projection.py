@@ -115,6 +115,10 @@ def pixel_features(pixels: np.ndarray, n_components: int = PIXEL_PCA, fit_rows: 
     return fit_pca(pixels, n_components, max_rows=fit_rows, seed=seed).project(pixels)
 
 
-def collection_maps(codes: np.ndarray, pixels: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
-    """The two maps stored with an index: row i is item i."""
-    return {"code": landmark_tsne(codes, seed=seed), "pixel": landmark_tsne(pixel_features(pixels, seed=seed), seed=seed)}
+def collection_maps(codes: np.ndarray, pixels: np.ndarray, seed: int = 0,
+                    projected: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The two maps stored with an index: row i is item i. `projected`, the pixels on their principal
+    components when a build has them already (`BuildInput.pixel_projection`), saves the pixel map a
+    PCA and a pass over the pixels of its own: it uses the first PIXEL_PCA of them."""
+    features = pixel_features(pixels, seed=seed) if projected is None else projected[:, :PIXEL_PCA]
+    return {"code": landmark_tsne(codes, seed=seed), "pixel": landmark_tsne(features, seed=seed)}

@@ -291,7 +291,9 @@ def spaces_peak(tmp_path, n: int) -> int:
     rng = np.random.default_rng(n)
     np.save(tmp_path / f"pixels{n}.npy", rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
     pixels = np.load(tmp_path / f"pixels{n}.npy", mmap_mode="r")
-    data = BuildInput(pixels, rng.standard_normal((n, 64)).astype(np.float32))
+    (tmp_path / f"work{n}").mkdir()
+    # the build's work folder takes the projection the two spaces share (BuildInput.pixel_projection)
+    data = BuildInput(pixels, rng.standard_normal((n, 64)).astype(np.float32), scratch=tmp_path / f"work{n}")
     data.pixel_pca  # fitted on a sample of at most PCA_FIT_ROWS images, whatever the size: not measured here
     out = tmp_path / f"index{n}"
     out.mkdir()

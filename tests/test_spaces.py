@@ -135,6 +135,35 @@ def test_pixel_search_is_exact_with_ties(tmp_path, seed):
             assert np.allclose(dists, want_dists)
 
 
+def test_the_shared_pixel_projection_is_each_space_s_own_bit_for_bit(tmp_path):
+    from imgsearch.spaces.pca import PcaSpace
+    from imgsearch.spaces.pixel import bound_blocks
+
+    pixels = np.random.default_rng(3).integers(0, 256, (700, 32, 32, 3), dtype=np.uint8)
+    (tmp_path / "work").mkdir()
+    on_disk = BuildInput(pixels, np.zeros((700, 4), np.float32), scratch=tmp_path / "work")
+    in_memory = BuildInput(pixels, np.zeros((700, 4), np.float32))
+    assert on_disk.pixel_projection_if_made() is None  # nothing made until a space asks
+    for data, out in ((on_disk, tmp_path / "a"), (in_memory, tmp_path / "b")):
+        out.mkdir()
+        PixelSpace.build(data, out)
+        PcaSpace.build(data, out)
+    pca = on_disk.pixel_pca
+    projected, totals = on_disk.pixel_projection
+    assert on_disk.pixel_projection_if_made() is projected
+    assert np.array_equal(projected, pca.project(pixels)) and np.array_equal(projected, in_memory.pixel_projection[0])
+    centred = pixels.reshape(700, -1).astype(np.float64) - pca.mean
+    assert np.allclose(totals, (centred ** 2).sum(1), rtol=1e-12)
+    # what each space built from it is what it computed on its own before the projection was shared
+    with np.load(tmp_path / "a" / layout.PCA) as a:
+        assert np.array_equal(a["projected"], pca.project(pixels) / np.float32(255.0))
+    own = [np.concatenate(parts) for parts in zip(*bound_blocks(pixels, pca.mean, pca.components, 32))]
+    for folder in ("a", "b"):
+        with np.load(tmp_path / folder / layout.PIXEL_BOUND) as b:
+            for key, want in zip(("coarse", "fine", "totals"), own):
+                assert np.array_equal(b[key], want), (folder, key)
+
+
 # ---- the four spaces in an index -------------------------------------------------------------
 
 def test_every_space_finds_an_item_itself_at_distance_zero(index_dir, collection):

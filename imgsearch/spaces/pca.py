@@ -38,7 +38,7 @@ class PcaSpace(Space):
             settings = {**reuse["settings"], "fitted_in": data.previous.fitted_in(reuse)}
         else:
             pca = data.pixel_pca
-            blocks = projected_blocks(pca, data.pixels)
+            blocks = (y / np.float32(255.0) for _, y in tables.row_blocks(data.pixel_projection[0]))
             settings = {"fit_rows": min(len(data.pixels), PCA_FIT_ROWS),
                         "explained_variance": round(float(pca.variance.sum() / pca.total_variance), 4)}
         with NpzWriter(directory / layout.PCA) as npz:  # the projections (1 GB at a million) block by block

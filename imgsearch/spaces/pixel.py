@@ -20,10 +20,10 @@ import numpy as np
 
 from .. import layout, tables
 from ..tables import NpzWriter
-from .base import BuildInput, LoadInput, Query, Space, SpaceError, check_rows, load_npz
+from .base import BuildInput, LoadInput, Query, Space, SpaceError, check_rows, load_npz, projection_blocks
 
-COARSE_DIMS = 32  # the full scan's subspace: 132 bytes per item; finer dims are read only for candidates
-FINE_DIMS = 256  # the candidates' subspace: leaves ~25 of 50,000 CIFAR-10 images to measure exactly
+COARSE_DIMS = 32  # the full scan's subspace: 132 bytes per item; the finer one, the pixel PCA's 256 dimensions,
+#                  is read only for candidates (~25 of 50,000 CIFAR-10 images are left to measure exactly)
 FIRST_CHECK = 64  # candidates measured exactly before the pruning threshold is known
 SLACK = 1e-4  # float32 rounding allowance: bounds are lowered by this share of ||x||^2 + ||q||^2
 
@@ -50,12 +50,13 @@ class PixelSpace(Space):
             mean, basis, coarse_dims = old["mean"], old["basis"], int(old["coarse_dims"])
             blocks = data.previous.carried((old["coarse"], old["fine"], old["totals"]),
                                            bound_blocks(data.pixels[data.previous.kept:], mean, basis, coarse_dims))
-        else:
+        else:  # the fine subspace is the whole pixel PCA: its projection is shared with the pca space and the map
             pca = data.pixel_pca
-            fine_dims = min(FINE_DIMS, pca.n_components)
-            coarse_dims = min(COARSE_DIMS, fine_dims)
-            mean, basis = pca.mean, np.ascontiguousarray(pca.components[:, :fine_dims])
-            blocks = bound_blocks(data.pixels, mean, basis, coarse_dims)
+            mean, basis = pca.mean, pca.components
+            coarse_dims = min(COARSE_DIMS, pca.n_components)
+            projected, totals = data.pixel_projection
+            blocks = (bounds(y, t, coarse_dims) for (_, y), (_, t) in
+                      zip(tables.row_blocks(projected), tables.row_blocks(totals)))
         n = len(data.pixels)
         # The fine table (1 GB at a million items) goes to disk block by block; the coarse one and the
         # totals (an eighth of that) are gathered on the way and written after it.
@@ -134,17 +135,17 @@ def bound_blocks(pixels: np.ndarray, mean: np.ndarray, basis: np.ndarray, coarse
     so that totals_x + total_q - 2 [y_x, r_x].[y_q, r_q] is a safe lower bound of ||x - q||^2 in
     either subspace despite float32 rounding; yielded as (coarse, fine, totals) blocks of rows. All
     float32: a float64 operand would make numpy copy the whole table on every query."""
-    flat = pixels.reshape(len(pixels), basis.shape[0])
-    fine_dims = basis.shape[1]
-    basis32 = np.asarray(basis, dtype=np.float32)
-    for _, rows in tables.row_blocks(flat, tables.CACHE_ROWS):
-        c = rows.astype(np.float64) - mean
-        # The product in float32 (half the time of float64, minutes at a million images); its rounding
-        # is far inside SLACK. The totals stay float64: they are differences of large sums.
-        y = (c.astype(np.float32) @ basis32).astype(np.float64)
-        total = np.einsum("ij,ij->i", c, c)
-        coarse, fine = (np.empty((len(c), m + 1), dtype=np.float32) for m in (coarse_dims, fine_dims))
-        for out, m in ((coarse, coarse_dims), (fine, fine_dims)):
-            out[:, :m] = y[:, :m]
-            out[:, m] = np.sqrt(np.maximum(total - np.einsum("ij,ij->i", y[:, :m], y[:, :m]), 0.0))
-        yield coarse, fine, (total * (1.0 - SLACK)).astype(np.float32)
+    for y, total in projection_blocks(pixels, mean, basis):
+        yield bounds(y, total, coarse_dims)
+
+
+def bounds(y: np.ndarray, total: np.ndarray, coarse_dims: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """bound_blocks' rows from the images' projections y (float32) and squared norms (float64). The
+    projection is float32, its rounding far inside SLACK; the rest is float64, differences of large sums."""
+    y = np.asarray(y, dtype=np.float64)
+    total = np.asarray(total, dtype=np.float64)
+    coarse, fine = (np.empty((len(y), m + 1), dtype=np.float32) for m in (coarse_dims, y.shape[1]))
+    for out, m in ((coarse, coarse_dims), (fine, y.shape[1])):
+        out[:, :m] = y[:, :m]
+        out[:, m] = np.sqrt(np.maximum(total - np.einsum("ij,ij->i", y[:, :m], y[:, :m]), 0.0))
+    return coarse, fine, (total * (1.0 - SLACK)).astype(np.float32)
