@@ -104,7 +104,7 @@ RSS_POLL_SECONDS = 0.2
 
 
 def tree_memory_mb(pid: int) -> tuple[float, float]:
-    """Resident memory of a process and all its descendants (the decoding processes count too), in MB:
+    """Resident memory of a process and all its descendants (the build's worker processes count too), in MB:
     (all resident pages, anonymous pages only). The first includes pages of memory-mapped files,
     which the kernel can drop at any time; the second is what the build itself holds."""
     children: dict[int, list[int]] = {}
