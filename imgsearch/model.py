@@ -27,6 +27,7 @@ from .images import PREPROCESSING
 # faster on this machine's CPU, with oneDNN on AVX-512 and held to AVX2 alike (docs/speed.md).
 ENCODE_BATCH = 64
 
+
 @dataclass
 class ModelArgs:
     code_dim: int = 256  # Krizhevsky & Hinton's code length for 32x32 images

@@ -111,13 +111,18 @@ class BuildInput:
         pixel map all need these: one pass over the pixels (3 GB at a million) instead of one each.
         Row for row what `pixel_pca.project` gives, bit for bit."""
         pca, n = self.pixel_pca, len(self.pixels)
+        blocks = projection_blocks(self.pixels, pca.mean, pca.components)
         if self.scratch is None:
-            blocks = list(projection_blocks(self.pixels, pca.mean, pca.components))
-            return (np.concatenate([y for y, _ in blocks]) if blocks else np.empty((0, pca.n_components), np.float32),
-                    np.concatenate([t for _, t in blocks]) if blocks else np.empty(0))
+            projected, totals = np.empty((n, pca.n_components), dtype=np.float32), np.empty(n)
+            s = 0
+            for y, total in blocks:
+                projected[s:s + len(y)], totals[s:s + len(y)] = y, total
+                s += len(y)
+            return projected, totals
         paths = self.scratch / "pixel_projection.npy", self.scratch / "pixel_totals.npy"
-        writers = tables.NpyWriter(paths[0], (n, pca.n_components), np.float32), tables.NpyWriter(paths[1], (n,), np.float64)
-        for y, total in projection_blocks(self.pixels, pca.mean, pca.components):
+        writers = (tables.NpyWriter(paths[0], (n, pca.n_components), np.float32),
+                   tables.NpyWriter(paths[1], (n,), np.float64))
+        for y, total in blocks:
             writers[0].write(y)
             writers[1].write(total)
         for w in writers:
@@ -130,8 +135,8 @@ class BuildInput:
 
 
 def projection_blocks(pixels: np.ndarray, mean: np.ndarray, components: np.ndarray):
-    """(y, total) for blocks of images: y = (x - mean) @ components, float32 (its rounding is the
-    float32 rounding of x - mean), and total = ||x - mean||^2, exact in float64."""
+    """(y, total) for blocks of images: y = (x - mean) @ components in float32 (x - mean rounded to
+    float32 first, as `PCA.project` rounds it), and total = ||x - mean||^2 in float64."""
     flat = pixels.reshape(len(pixels), components.shape[0])
     components = np.asarray(components, dtype=np.float32)
     for _, rows in tables.row_blocks(flat, tables.CACHE_ROWS):
