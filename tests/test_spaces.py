@@ -137,7 +137,7 @@ def test_pixel_search_is_exact_with_ties(tmp_path, seed):
 
 def test_the_shared_pixel_projection_is_each_space_s_own_bit_for_bit(tmp_path):
     from imgsearch.spaces.pca import PcaSpace
-    from imgsearch.spaces.pixel import bound_blocks
+    from imgsearch.spaces.pixel import SLACK, bound_blocks
 
     pixels = np.random.default_rng(3).integers(0, 256, (700, 32, 32, 3), dtype=np.uint8)
     (tmp_path / "work").mkdir()
@@ -157,7 +157,19 @@ def test_the_shared_pixel_projection_is_each_space_s_own_bit_for_bit(tmp_path):
     # what each space built from it is what it computed on its own before the projection was shared
     with np.load(tmp_path / "a" / layout.PCA) as a:
         assert np.array_equal(a["projected"], pca.project(pixels) / np.float32(255.0))
-    own = [np.concatenate(parts) for parts in zip(*bound_blocks(pixels, pca.mean, pca.components, 32))]
+    # the bound as the pixel space computed it from the pixels before, written out again
+    flat, basis32 = pixels.reshape(700, -1), pca.components.astype(np.float32)
+    parts = []
+    for s in range(0, 700, 256):
+        c = flat[s:s + 256].astype(np.float64) - pca.mean
+        y = (c.astype(np.float32) @ basis32).astype(np.float64)
+        total = np.einsum("ij,ij->i", c, c)
+        rows = [np.column_stack([y[:, :m], np.sqrt(np.maximum(total - np.einsum("ij,ij->i", y[:, :m], y[:, :m]), 0.0))])
+                for m in (32, 256)]
+        parts.append([*(r.astype(np.float32) for r in rows), (total * (1.0 - SLACK)).astype(np.float32)])
+    own = [np.concatenate(p) for p in zip(*parts)]
+    assert all(np.array_equal(a, b) for a, b in zip(own, map(np.concatenate, zip(*bound_blocks(
+        pixels, pca.mean, pca.components, 32)))))  # the update's path, which projects only new rows
     for folder in ("a", "b"):
         with np.load(tmp_path / folder / layout.PIXEL_BOUND) as b:
             for key, want in zip(("coarse", "fine", "totals"), own):
