@@ -136,30 +136,46 @@ def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLik
             # Memory-mapped: the spaces read the stores in passes, so a million items never sit in memory twice.
             codes = np.load(tmp_dir / layout.CODES, mmap_mode="r")
             pixels = np.load(tmp_dir / layout.PIXELS, mmap_mode="r")
-            built, skipped_spaces, space_seconds = {}, {}, {}
             reuse = previous.reuse() if previous else None
             shared = BuildInput(pixels, codes, seed=seed, options=options, previous=reuse, scratch=work)
-            for n, name in enumerate(names):
-                step(f"building the {name} space", 0.6 + 0.2 * n / len(names))
+
+            def build_space(name: str) -> tuple[dict | str, float]:
+                """The space's meta.json section (its SpaceError's sentence when it cannot be built), and seconds."""
                 t = time.time()
                 try:
-                    built[name] = SPACES[name].build(shared, tmp_dir, **options.get(name, {}))
+                    section = SPACES[name].build(shared, tmp_dir, **options.get(name, {}))
                 except SpaceError as e:
-                    skipped_spaces[name] = str(e)
-                let_go(codes, pixels)  # a safety net: whatever a space read outside tables.row_blocks and gather
-                space_seconds[name] = round(time.time() - t, 2)
-            map_seconds, maps_carried = None, None
-            if maps:
-                step("mapping the collection in 2-D", 0.8)
-                t = time.time()
-                old_maps = reuse and reuse.maps(len(codes))
-                if old_maps:  # an update: the kept items stay where they were, the new ones are placed among them
-                    made, maps_carried = extend_maps(old_maps, previous.kept_old, codes, pixels, seed=seed), True
-                else:
-                    made = collection_maps(codes, pixels, seed=seed, projected=shared.pixel_projection_if_made())
-                for space, xy in made.items():
-                    np.save(tmp_dir / layout.map_file(space), xy)
-                map_seconds = round(time.time() - t, 2)
+                    section = str(e)
+                return section, round(time.time() - t, 2)
+
+            # A space that runs on one core is built in a thread beside the others and the maps (each is
+            # computed as it would be in turn: the same files).
+            with ThreadPoolExecutor(1, thread_name_prefix="space") as beside:
+                done = {}
+                for n, name in enumerate(names):
+                    step(f"building the {name} space", 0.6 + 0.2 * n / len(names))
+                    if SPACES[name].builds_beside:
+                        done[name] = beside.submit(build_space, name)
+                    else:
+                        done[name] = build_space(name)
+                        let_go(codes, pixels)  # a safety net: whatever a space read outside tables.row_blocks and gather
+                map_seconds, maps_carried = None, None
+                if maps:
+                    step("mapping the collection in 2-D", 0.8)
+                    t = time.time()
+                    old_maps = reuse and reuse.maps(len(codes))
+                    if old_maps:  # an update: the kept items stay where they were, the new ones are placed among them
+                        made, maps_carried = extend_maps(old_maps, previous.kept_old, codes, pixels, seed=seed), True
+                    else:
+                        made = collection_maps(codes, pixels, seed=seed, projected=shared.pixel_projection_if_made())
+                    for space, xy in made.items():
+                        np.save(tmp_dir / layout.map_file(space), xy)
+                    map_seconds = round(time.time() - t, 2)
+                done = {name: job if isinstance(job, tuple) else job.result() for name, job in done.items()}
+            let_go(codes, pixels)
+            built = {name: section for name, (section, _) in done.items() if isinstance(section, dict)}
+            skipped_spaces = {name: section for name, (section, _) in done.items() if isinstance(section, str)}
+            space_seconds = {name: seconds for name, (_, seconds) in done.items()}
             del codes, pixels, shared
             step("writing", 0.9)
             meta = {

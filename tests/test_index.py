@@ -32,6 +32,34 @@ def test_meta_describes_the_index(index_dir, collection, checkpoint):
     assert files >= {f for s in meta["spaces"].values() for f in s["files"]}
 
 
+def test_the_code_space_built_beside_the_others_gives_the_files_of_a_build_in_turn(tmp_path, collection, checkpoint,
+                                                                                   monkeypatch):
+    from imgsearch.spaces import SpaceError
+    from imgsearch.spaces.code import CodeSpace
+
+    threads = []
+    build = CodeSpace.build.__func__
+    monkeypatch.setattr(CodeSpace, "build", classmethod(
+        lambda cls, *a, **kw: threads.append(threading.current_thread()) or build(cls, *a, **kw)))
+    build_index(collection, checkpoint, tmp_path / "beside", n_trees=4, progress=False)
+    monkeypatch.setattr(CodeSpace, "builds_beside", False)
+    build_index(collection, checkpoint, tmp_path / "in_turn", n_trees=4, progress=False)
+    assert threads[0] is not threading.main_thread() and threads[1] is threading.main_thread()
+    beside, in_turn = read_meta(tmp_path / "beside"), read_meta(tmp_path / "in_turn")
+    assert beside["checksums"] == in_turn["checksums"]  # every file, the maps included, bit for bit
+    assert list(beside["spaces"]) == list(in_turn["spaces"]) == ["pixel", "pca", "code", "bits"]
+    assert beside["spaces"] == in_turn["spaces"] and list(beside["space_seconds"]) == list(in_turn["space_seconds"])
+
+    # A space that cannot be built in its thread is skipped with its sentence, as in turn.
+    def refuse(cls, *a, **kw):
+        raise SpaceError("the code space refuses")
+    monkeypatch.setattr(CodeSpace, "builds_beside", True)
+    monkeypatch.setattr(CodeSpace, "build", classmethod(refuse))
+    build_index(collection, checkpoint, tmp_path / "refused", maps=False, progress=False)
+    meta = read_meta(tmp_path / "refused")
+    assert meta["spaces_skipped"] == {"code": "the code space refuses"} and list(meta["spaces"]) == ["pixel", "pca", "bits"]
+
+
 def test_files_are_row_aligned(index_dir, collection):
     index = Index.load(index_dir)
     assert len(index) == 60

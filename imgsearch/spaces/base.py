@@ -180,6 +180,9 @@ class Space:
     metric: ClassVar[str]  # how distances are measured, in words
     unit: ClassVar[str] = ""  # shown after a distance ("bits"); empty for plain numbers
     distance_format: ClassVar[str] = "{:.3f}"
+    # True when most of the build runs on one core (Annoy's tree build): build_index then builds this space
+    # in a thread beside the other spaces and the maps, which keep the other core busy.
+    builds_beside: ClassVar[bool] = False
 
     @classmethod
     def build(cls, data: BuildInput, directory: Path, **options) -> dict:
