@@ -157,11 +157,12 @@ def _start_worker(parent: int, model) -> None:
     _worker_model = model
 
 
-def decode_and_encode(paths: list[str]) -> tuple[np.ndarray, list[tuple[int, str]], np.ndarray, np.ndarray]:
-    """In a worker: (readable (n,) bool, errors, pixels of the readable items, their codes)."""
+def decode_and_encode(paths: list[str], model=None) -> tuple[np.ndarray, list[tuple[int, str]], np.ndarray, np.ndarray]:
+    """(readable (n,) bool, errors, pixels of the readable items, their codes), encoded by `model`
+    (None: in a worker, the model it was started with)."""
     pixels, ok, errors = decode_files(paths)
     px = np.ascontiguousarray(pixels[ok])
-    return ok, errors, px, encode_pixels(_worker_model, px)
+    return ok, errors, px, encode_pixels(_worker_model if model is None else model, px)
 
 
 @contextlib.contextmanager
@@ -198,9 +199,7 @@ def local_batches(source: Source, model, todo: list[int], batch_size: int, pool:
             yield from local_batches(source, model, todo, batch_size, pool)
     elif pool is None:  # one batch, or one core: nothing to run beside
         for b, r in zip(todo, rows):
-            pixels, ok, errors = decode_files(source.paths[r.start:r.stop])
-            px = np.ascontiguousarray(pixels[ok])
-            yield b, ok, errors, px, encode_pixels(model, px)
+            yield b, *decode_and_encode(source.paths[r.start:r.stop], model)
     else:
         jobs = (pool.submit(decode_and_encode, source.paths[r.start:r.stop]) for r in rows)
         pending = deque(itertools.islice(jobs, usable_cores() + PREFETCH))  # the pool has at most one worker a core
