@@ -186,8 +186,8 @@ def sidebar_ui(index: Index) -> None:
 
 
 def settings_note(settings: dict) -> str:
-    """The settings a person may want to see (Annoy's), as a short parenthesis."""
-    shown = [f"{k} {settings[k]:,}" for k in ("n_trees", "search_k") if k in settings]
+    """The settings a person may want to see (the code space's lists or Annoy's trees), as a short parenthesis."""
+    shown = [f"{k} {settings[k]:,}" for k in ("lists", "probes", "n_trees", "search_k") if k in settings]
     return f" ({', '.join(shown)})" if shown else ""
 
 

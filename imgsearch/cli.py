@@ -57,7 +57,7 @@ def space_list(text: str) -> list[str]:
 
 @command("build-index", "encode a collection and publish its index")
 def build_index_arguments(p: argparse.ArgumentParser):
-    from .index import DEFAULT_CHECKPOINT, DEFAULT_INDEX, N_TREES, SEARCH_K, SEED
+    from .index import CODE_INDEX, CODE_INDEXES, DEFAULT_CHECKPOINT, DEFAULT_INDEX, N_TREES, PROBES, SEARCH_K, SEED
     from .ingest import BATCH
     from .spaces import SPACES
     from .spaces.bits import BITS, WIDTHS
@@ -65,8 +65,13 @@ def build_index_arguments(p: argparse.ArgumentParser):
     p.add_argument("--data", default="cifar10", help="cifar10, cifar10:test, or a folder of images (default: cifar10)")
     p.add_argument("--model", default=str(DEFAULT_CHECKPOINT), help="auto-encoder checkpoint (default: the shipped one)")
     p.add_argument("--out", default=str(DEFAULT_INDEX), help=f"index directory (default: {DEFAULT_INDEX})")
-    p.add_argument("--n-trees", type=int, default=N_TREES, help=f"Annoy trees (default: {N_TREES})")
-    p.add_argument("--search-k", type=int, default=SEARCH_K, help=f"Annoy nodes inspected per query (default: {SEARCH_K})")
+    p.add_argument("--code-index", choices=CODE_INDEXES, default=CODE_INDEX,
+                   help="the code space's search structure: ivf (k-means lists, default) or annoy (trees)")
+    p.add_argument("--probes", type=int, default=PROBES,
+                   help=f"with --code-index ivf: lists scanned per query (default: {PROBES})")
+    p.add_argument("--n-trees", type=int, default=N_TREES, help=f"with --code-index annoy: trees (default: {N_TREES})")
+    p.add_argument("--search-k", type=int, default=SEARCH_K,
+                   help=f"with --code-index annoy: nodes inspected per query (default: {SEARCH_K})")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--bits", type=int, choices=WIDTHS, default=None,
                    help=f"length of the binary codes of the bits space (default: {BITS}, or what the code's length allows)")
@@ -80,8 +85,8 @@ def build_index_arguments(p: argparse.ArgumentParser):
                    help=f"items read and encoded per batch; a killed build resumes from its last whole batch "
                         f"(default: {BATCH})")
     p.add_argument("--backend", choices=("annoy", "milvus"), default="annoy",
-                   help="where the code and bits spaces live: annoy (the code in codes.ann, the bits in bits.npz; "
-                        "default) or milvus (collections at --milvus-uri; docs/scale.md)")
+                   help="where the code and bits spaces live: annoy (this index's own files: the code space's "
+                        "lists, or trees with --code-index annoy, and bits.npz; default) or milvus (collections at --milvus-uri; docs/scale.md)")
     p.add_argument("--milvus-uri", metavar="URI",
                    help="with --backend milvus: a path ending in .db (Milvus Lite, in this process; the bits stay "
                         "local, Lite has no binary vectors) or http://host:19530 (a Milvus server or cluster)")
@@ -106,7 +111,8 @@ def build_index_arguments(p: argparse.ArgumentParser):
                 p.error("--milvus-uri goes with --backend milvus")
             if a.ray is not None:
                 batches = ray_batches(a.ray or None)
-            summary = build_index(a.data, a.model, a.out, spaces=a.spaces, n_trees=a.n_trees, search_k=a.search_k,
+            summary = build_index(a.data, a.model, a.out, spaces=a.spaces, code_index=a.code_index,
+                                  probes=a.probes, n_trees=a.n_trees, search_k=a.search_k,
                                   bits=a.bits, seed=a.seed, maps=not a.no_maps, update=a.update,
                                   batch_size=a.batch_size, options=options, batches=batches)
         except (CollectionError, CheckpointError, IndexLoadError, MilvusError, RayError) as e:
@@ -175,12 +181,14 @@ def search_arguments(p: argparse.ArgumentParser):
 
 @command("evaluate", "measure retrieval quality (P@k, mAP@1000) of every representation")
 def evaluate_arguments(p: argparse.ArgumentParser):
-    from .index import DEFAULT_CHECKPOINT, N_TREES, SEARCH_K
+    from .index import CODE_INDEX, CODE_INDEXES, DEFAULT_CHECKPOINT, N_TREES, SEARCH_K
 
     p.add_argument("--database", default="cifar10", help="collection searched (default: cifar10 = the train split)")
     p.add_argument("--queries", default="cifar10:test", help="query collection (default: cifar10:test)")
     p.add_argument("--model", default=str(DEFAULT_CHECKPOINT), help="checkpoint (default: the shipped one)")
     p.add_argument("--limit-queries", type=int, default=0, help="use a random subset of N queries (quick run)")
+    p.add_argument("--code-index", choices=CODE_INDEXES, default=CODE_INDEX,
+                   help="the served code search measured: ivf (default) or annoy")
     p.add_argument("--n-trees", type=int, default=N_TREES)
     p.add_argument("--search-k", type=int, default=SEARCH_K)
     p.add_argument("--json", help="write the figures to this JSON file")
@@ -204,7 +212,8 @@ def evaluate_arguments(p: argparse.ArgumentParser):
         if a.limit_queries:
             queries = queries.subset(a.limit_queries)
         try:
-            report = evaluate(database, queries, model, n_trees=a.n_trees, search_k=a.search_k)
+            report = evaluate(database, queries, model, code_index=a.code_index, n_trees=a.n_trees,
+                              search_k=a.search_k)
         except EvaluationError as e:
             return fail(str(e))
         report["settings"]["model"] = info["fingerprint"]

@@ -19,7 +19,7 @@ from .model import encode_pixels
 from .report import new_figure, save_figure
 from .spaces.base import PCA_FIT_ROWS, BuildInput
 from .spaces.bits import WIDTHS, HammingScan, binarise, fit_binariser, word_major
-from .spaces.code import METRIC, N_TREES, SEARCH_K, SEED, served_code_search
+from .spaces.code import CODE_INDEX, METRIC, N_TREES, PROBES, SEARCH_K, SEED, annoy_code_search, served_code_search
 from .train import reconstruction_mse
 
 KS = (1, 10, 100)
@@ -76,18 +76,19 @@ def exact_knn(db: np.ndarray, queries: np.ndarray, k: int, metric: str = "euclid
     return BruteForce(db, metric).search(queries, k, progress=lambda it: tqdm(it, desc=desc, unit="chunk", mininterval=1.0))[0]
 
 
-def annoy_knn(db_codes: np.ndarray, query_codes: np.ndarray, k: int, *, n_trees: int = N_TREES,
-              search_k: int = SEARCH_K, seed: int = SEED) -> np.ndarray:
-    """Top-k ids as the code space serves them: Annoy's trees, then the exact re-rank."""
-    space = served_code_search(db_codes, n_trees=n_trees, search_k=search_k, seed=seed)
+def served_knn(db_codes: np.ndarray, query_codes: np.ndarray, k: int, *, code_index: str = CODE_INDEX,
+               n_trees: int = N_TREES, search_k: int = SEARCH_K, seed: int = SEED) -> np.ndarray:
+    """Top-k ids as the code space serves them: its lists (or Annoy's trees), then the exact re-rank."""
+    space = (annoy_code_search(db_codes, n_trees=n_trees, search_k=search_k, seed=seed) if code_index == "annoy"
+             else served_code_search(db_codes, seed=seed))
     out = np.full((len(query_codes), k), -1, dtype=np.int64)
 
     def one(i):
         ids = space.search(query_codes[i], k)[0]
         out[i, :len(ids)] = ids
 
-    with ThreadPoolExecutor(max_workers=2) as pool:  # Annoy releases the GIL while searching
-        list(tqdm(pool.map(one, range(len(query_codes))), total=len(query_codes), desc="annoy", mininterval=1.0))
+    with ThreadPoolExecutor(max_workers=2) as pool:  # Annoy and numpy's products release the GIL while searching
+        list(tqdm(pool.map(one, range(len(query_codes))), total=len(query_codes), desc="served", mininterval=1.0))
     return out
 
 
@@ -116,7 +117,8 @@ def align_labels(database: Collection, queries: Collection) -> np.ndarray:
 
 
 def evaluate(database: Collection, queries: Collection, model, *, max_k: int = MAP_DEPTH,
-             n_trees: int = N_TREES, search_k: int = SEARCH_K, seed: int = SEED) -> dict:
+             code_index: str = CODE_INDEX, n_trees: int = N_TREES, search_k: int = SEARCH_K,
+             seed: int = SEED) -> dict:
     """Every representation's figures, precision curves, bytes per item and the model's reconstruction error.
 
     The pca and bits representations are fitted exactly as an index build fits its spaces.
@@ -150,7 +152,8 @@ def evaluate(database: Collection, queries: Collection, model, *, max_k: int = M
     t0 = time.time()
     record("codes_exact", exact_knn(db_codes, q_codes, depth, metric=METRIC, desc="codes"), t0)
     t0 = time.time()
-    record("codes_served", annoy_knn(db_codes, q_codes, depth, n_trees=n_trees, search_k=search_k), t0)
+    record("codes_served", served_knn(db_codes, q_codes, depth, code_index=code_index, n_trees=n_trees,
+                                      search_k=search_k, seed=seed), t0)
     widths = [b for b in WIDTHS if b <= db_codes.shape[1]]
     for b in widths:
         t0 = time.time()
@@ -174,7 +177,8 @@ def evaluate(database: Collection, queries: Collection, model, *, max_k: int = M
         "settings": {"database": database.spec, "queries": queries.spec, "database_items": len(database),
                      "query_items": len(queries), "pca_components": pca.n_components,
                      "pca_fit_rows": min(len(database), PCA_FIT_ROWS), "metric": METRIC,
-                     "n_trees": n_trees, "search_k": search_k, "bits_method": "itq"},
+                     "code_index": code_index, "bits_method": "itq",
+                     **({"n_trees": n_trees, "search_k": search_k} if code_index == "annoy" else {"probes": PROBES})},
         "_retrieved": retrieved,  # top-10 ids per query; the quality view shows examples from them
         "_query_labels": q_labels,
     }

@@ -41,7 +41,7 @@ from .ingest import (BATCH, batch_file, batch_rows, encoding_workers, ingest, lo
 from .model import load_checkpoint
 from .projection import LANDMARKS, collection_maps, extend_maps
 from .spaces import SPACES, BuildInput, Reuse, SpaceError
-from .spaces.code import N_TREES, SEARCH_K, SEED
+from .spaces.code import CODE_INDEX, CODE_INDEXES, N_TREES, PROBES, SEARCH_K, SEED
 from .tables import NpyWriter, let_go
 
 DEFAULT_INDEX = DATA_DIR / "index"
@@ -71,20 +71,21 @@ class BuildBusyError(RuntimeError):
 
 def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLike = DEFAULT_CHECKPOINT,
                 out: str | os.PathLike = DEFAULT_INDEX, *, spaces: list[str] | None = None,
-                options: dict | None = None, n_trees: int = N_TREES, search_k: int = SEARCH_K,
-                bits: int | None = None, seed: int = SEED, maps: bool = True, progress: bool = True,
+                options: dict | None = None, code_index: str = CODE_INDEX, probes: int = PROBES,
+                n_trees: int = N_TREES, search_k: int = SEARCH_K, bits: int | None = None, seed: int = SEED, maps: bool = True, progress: bool = True,
                 on_step=None, wait: bool = True, update: bool = False, batch_size: int = BATCH,
                 batches=None) -> dict:
     """Encode a collection, build every space's search structure and publish the index at `out`.
 
     `spaces` (default: every registered one) and `options` (space name -> keyword options) choose
-    what is built; `n_trees`, `search_k` and `bits` are the common options spelled out.
+    what is built; `code_index` (the code space's lists, "ivf", or Annoy's trees, "annoy"), `probes`
+    (the lists'), `n_trees` and `search_k` (Annoy's) and `bits` are the common options spelled out.
     Items are read and encoded in batches (ingest.py): memory does not grow with the collection,
     and a build killed at any point resumes from its last finished batch when run again.
     `update=True` keeps the items of the index at `out` whose files are unchanged (same path,
     size and modification time), encodes only new and changed files, drops items whose files
     are gone, and lets each space carry the previous build over (`spaces.Reuse`: fitted PCA and
-    rotation, kept rows, Annoy's trees) instead of building from scratch.
+    rotation, kept rows, the lists' centres, Annoy's trees) instead of building from scratch.
     `on_step(name, fraction)` lets a caller (the app) show progress without tqdm.
     `wait=False` raises BuildBusyError at once when another build into `out` is running.
     `batches` replaces the local decode-and-encode pipeline (`ingest.local_batches`), e.g. by Ray's.
@@ -119,7 +120,7 @@ def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLik
                               batches=functools.partial(local_batches, pool=pool) if local else batches,
                               on_step=lambda f: step("decoding and encoding", 0.05 + 0.5 * f))
         del model  # the spaces need only the codes: free its memory for theirs
-        options = {"code": {"n_trees": n_trees, "search_k": search_k}, **({"bits": {"bits": bits}} if bits else {}),
+        options = {"code": {"structure": code_index, "probes": probes, "n_trees": n_trees, "search_k": search_k}, **({"bits": {"bits": bits}} if bits else {}),
                    **(options or {})}
 
         # The random part keeps two builds started in the same second (or a retry after a crash) apart.
@@ -516,6 +517,9 @@ def _file_name(x) -> bool:
 
 # Settings the built-in spaces read when they load, with the test each value must pass.
 SPACE_SETTINGS = {"code": {"n_trees": _int, "search_k": lambda x: _int(x, 1), "ann_bytes": _int}}
+# The code space on its lists (spaces/ivf.py) reads these instead.
+IVF_SETTINGS = {"lists": lambda x: _int(x, 1), "probes": lambda x: _int(x, 1), "ann_dims": lambda x: _int(x, 1),
+                "scan_dims": lambda x: _int(x, 1), "rescored": lambda x: _int(x, 1)}
 # A space in Milvus (spaces/milvus.py) reads these instead: Annoy's settings do not apply to it.
 MILVUS_SETTINGS = {"uri": lambda x: isinstance(x, str) and len(x) > 0,
                    "collection": lambda x: isinstance(x, str) and bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,254}", x)),
@@ -580,7 +584,12 @@ def space_problem(name: str, section: dict, listed: set[str]) -> str | None:
     backend = settings.get("backend")
     if backend not in (None, "annoy", "local", "milvus"):
         return f"names the backend {str(backend)[:40]!r}, which this version does not know"
-    for key, ok in (MILVUS_SETTINGS if backend == "milvus" else SPACE_SETTINGS.get(name, {})).items():
+    structure = settings.get("structure")
+    if structure not in (None, "ivf"):
+        return f"names the structure {str(structure)[:40]!r}, which this version does not know"
+    required = (MILVUS_SETTINGS if backend == "milvus" else IVF_SETTINGS if structure == "ivf"
+                else SPACE_SETTINGS.get(name, {}))
+    for key, ok in required.items():
         if key not in settings:
             return f"has no {key} setting"
         if not ok(settings[key]):

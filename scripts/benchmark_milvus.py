@@ -72,7 +72,9 @@ def milvus_benchmark(index_dir: Path, n_queries: int, uri: str | None) -> dict:
 
     found, report["annoy"] = latency(index.spaces["code"], queries)
     report["annoy"]["recall_at_10"] = round(recall_at([f[0] for f in found], truth), 4)
-    report["annoy"]["settings"] = {k: index.meta["spaces"]["code"]["settings"][k] for k in ("n_trees", "search_k")}
+    code_settings = index.meta["spaces"]["code"]["settings"]  # the local code space: its lists, or Annoy's trees
+    report["annoy"]["settings"] = {k: code_settings[k] for k in ("structure", "lists", "probes", "n_trees", "search_k")
+                                   if k in code_settings}
     local_bits = index.spaces["bits"]
     bit_queries = local_bits.embed_many(None, queries)
     bits_local_found, report["bits_local"] = latency(local_bits, bit_queries)

@@ -70,11 +70,28 @@ def index_dir(tmp_path_factory, collection, checkpoint) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def annoy_index_dir(tmp_path_factory, collection, checkpoint) -> Path:
+    """The same collection with the code space on Annoy's trees (`--code-index annoy`, and every index
+    built before the lists)."""
+    out = tmp_path_factory.mktemp("annoy-index") / "index"
+    build_index(collection, checkpoint, out, code_index="annoy", n_trees=4, search_k=1000, progress=False)
+    return out
+
+
 @pytest.fixture
 def copy_of(index_dir, tmp_path):
     """A private copy of the shared index's build directory, for tests that damage it."""
     dst = tmp_path / "copy"
     shutil.copytree(resolve(index_dir), dst)
+    return dst
+
+
+@pytest.fixture
+def annoy_copy_of(annoy_index_dir, tmp_path):
+    """A private copy of the Annoy index's build directory."""
+    dst = tmp_path / "annoy-copy"
+    shutil.copytree(resolve(annoy_index_dir), dst)
     return dst
 
 

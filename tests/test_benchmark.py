@@ -61,8 +61,8 @@ def test_the_million_run_measures_its_phases_and_measures_one_again_on_request(t
     first = million("clean,queries,update")
     assert first["indexed"] == 300 and first["build_images_per_s"] > 0 and first["build_peak_anon_mb"] > 0
     assert first["code_p50_ms"] > 0 and 0 < first["code_recall_at_10"] <= 1 and first["load_seconds"] > 0
-    assert [row["search_k"] for row in first["code_sweep"]] == [8_000, 10_000, 13_000, 16_000]
-    assert all(row["recall_at_10"] == 1.0 for row in first["code_sweep"])  # 300 items: every search_k visits all
+    assert [row["probes"] for row in first["code_sweep"]] == [32, 48, 64, 96]
+    assert all(row["recall_at_10"] == 1.0 for row in first["code_sweep"][1:])  # 300 items in 35 lists: all scanned
     assert (first["update_added"], first["update_unchanged"], first["update_items"]) == (3, 300, 303)
     assert "resume_overhead" not in first  # not asked for, never measured
     again = million("update")

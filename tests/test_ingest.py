@@ -211,12 +211,13 @@ def angular(codes: np.ndarray, q: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(2 - 2 * unit @ (q / np.linalg.norm(q)), 0))
 
 
-def test_an_update_carries_the_previous_build_over_and_answers_as_exact_search(tmp_path, checkpoint):
+@pytest.mark.parametrize("code_index", ["ivf", "annoy"])
+def test_an_update_carries_the_previous_build_over_and_answers_as_exact_search(tmp_path, checkpoint, code_index):
     from imgsearch.search import Index
 
     data = write_collection(tmp_path / "data", per_class=40)  # 120 images
     out = tmp_path / "index"
-    build_index(str(data), checkpoint, out, batch_size=32, progress=False)
+    build_index(str(data), checkpoint, out, code_index=code_index, batch_size=32, progress=False)
     first = resolve(out)
     before = Index.load(out)
     Image.fromarray(make_image(1, seed=901)).save(data / "green" / "new0.png")
@@ -224,15 +225,19 @@ def test_an_update_carries_the_previous_build_over_and_answers_as_exact_search(t
     Image.fromarray(make_image(0, seed=903)).save(data / "red" / "003.png")  # changed
     touch_later(data / "red" / "003.png")
     (data / "green" / "005.png").unlink()
-    build_index(str(data), checkpoint, out, update=True, batch_size=32, progress=False)
+    build_index(str(data), checkpoint, out, code_index=code_index, update=True, batch_size=32, progress=False)
     meta, now = read_meta(out), resolve(out)
     assert (meta["update"]["added"], meta["update"]["changed"], meta["update"]["removed"]) == (2, 1, 1)
 
-    # The same Annoy trees (one file, two links), with 3 rows outside them and 2 removed items inside.
     code = meta["spaces"]["code"]
-    assert layout.ANNOY_ROWS in code["files"] and os.path.samefile(first / layout.ANNOY, now / layout.ANNOY)
-    assert (code["settings"]["outside_trees"], code["settings"]["removed_from_trees"]) == (3, 2)
-    assert meta["checksums"][layout.ANNOY] == read_meta(first)["checksums"][layout.ANNOY]
+    if code_index == "annoy":  # the same trees (one file, two links), with 3 rows outside them and 2 removed items inside
+        assert layout.ANNOY_ROWS in code["files"] and os.path.samefile(first / layout.ANNOY, now / layout.ANNOY)
+        assert (code["settings"]["outside_trees"], code["settings"]["removed_from_trees"]) == (3, 2)
+        assert meta["checksums"][layout.ANNOY] == read_meta(first)["checksums"][layout.ANNOY]
+    else:  # the same centres and projection, every item (the 3 new ones too) in the lists once
+        for name in (layout.IVF_CENTROIDS, layout.ANNOY_DIRECTIONS):
+            assert meta["checksums"][name] == read_meta(first)["checksums"][name], name
+        assert sorted(np.load(now / layout.IVF_ROWS)) == list(range(121))
     for name in ("pixel", "pca", "bits", "code"):
         assert meta["spaces"][name]["settings"]["fitted_in"] == first.name, name
     assert meta["maps"]["kept_from"] == first.name
@@ -245,10 +250,12 @@ def test_an_update_carries_the_previous_build_over_and_answers_as_exact_search(t
         assert (index.maps[space][:len(kept)] == before.maps[space][kept]).all()
         assert np.isfinite(index.maps[space]).all() and len(index.maps[space]) == len(index)
 
-    # Every space answers as exact search over what the updated index holds (Annoy made exact by search_k).
+    # Every space answers as exact search over what the updated index holds (the code space made exact by
+    # scanning every list, or visiting every node).
     flat = index.pixels.reshape(len(index), -1).astype(np.int64)
+    everything = {"annoy": {"search_k": 10**6}, "ivf": {"probes": 10**6}}[code_index]
     for q in (0, 50, len(index) - 1):  # a kept item, another, a new one
-        ids, _ = index.spaces["code"].search(index.codes[q], 10, search_k=10**6)
+        ids, _ = index.spaces["code"].search(index.codes[q], 10, **everything)
         d = angular(index.codes, index.codes[q])
         assert np.allclose(np.sort(d[ids]), np.sort(d)[:10], atol=1e-5)
         ids, _ = index.spaces["pixel"].search(index.pixels[q], 10)
@@ -261,11 +268,11 @@ def test_an_update_carries_the_previous_build_over_and_answers_as_exact_search(t
 def test_an_update_past_the_stale_share_builds_the_trees_again(tmp_path, checkpoint):
     data = write_collection(tmp_path / "data", per_class=20)  # 60 images
     out = tmp_path / "index"
-    build_index(str(data), checkpoint, out, maps=False, progress=False)
+    build_index(str(data), checkpoint, out, code_index="annoy", maps=False, progress=False)
     first = resolve(out)
     for i in range(6):  # 10% new
         Image.fromarray(make_image(i % 3, seed=950 + i)).save(data / "red" / f"new{i}.png")
-    build_index(str(data), checkpoint, out, update=True, maps=False, progress=False)
+    build_index(str(data), checkpoint, out, code_index="annoy", update=True, maps=False, progress=False)
     code = read_meta(out)["spaces"]["code"]
     assert "fitted_in" not in code["settings"] and code["settings"]["outside_trees"] == 0
     assert not os.path.samefile(first / layout.ANNOY, resolve(out) / layout.ANNOY)

@@ -13,7 +13,8 @@ from imgsearch.pca import fit_pca
 from imgsearch.search import Index
 from imgsearch.spaces import SPACES, BuildInput, LoadInput, Query, Space, SpaceUnavailable, register_space
 from imgsearch.spaces.bits import HammingScan, binarise, fit_binariser, word_major
-from imgsearch.spaces.code import build_annoy, locality_order, served_code_search
+from imgsearch.spaces.code import annoy_code_search, build_annoy, locality_order, served_code_search
+from imgsearch.spaces.ivf import InvertedFile, write_lists
 from imgsearch.spaces.pixel import PixelSpace, squared_distances
 
 from conftest import reseal
@@ -236,7 +237,7 @@ def test_the_code_space_re_ranks_the_projected_trees_answer_on_the_full_codes():
     # visited the candidates are the true nearest, and the re-rank must give brute force's answer.
     rng = np.random.default_rng(3)
     codes = (rng.standard_normal((2000, 40)) @ rng.standard_normal((40, 256))).astype(np.float32)
-    space = served_code_search(codes, n_trees=4, search_k=10**6)
+    space = annoy_code_search(codes, n_trees=4, search_k=10**6)
     assert space.directions.shape == (256, 64)
     assert np.allclose(space.directions.T @ space.directions, np.eye(64), atol=1e-4)
     assert sorted(space.ann_rows) == list(range(2000))  # every row is one Annoy item, in locality order
@@ -248,6 +249,49 @@ def test_the_code_space_re_ranks_the_projected_trees_answer_on_the_full_codes():
         for k in (1, 10, 120):  # 120: more than the 50 candidates, so the trees are asked for k
             ids, dists = space.search(q, k)
             assert ids.tolist() == order[:k].tolist() and np.allclose(dists, d[ids], atol=1e-5)
+
+
+def test_the_code_space_lists_re_rank_on_the_full_codes_and_are_exact_when_all_are_scanned():
+    # The same rank-40 codes: the 64 directions hold them whole, so with every list scanned the candidates
+    # are the true nearest, and the re-rank must give brute force's answer.
+    rng = np.random.default_rng(3)
+    codes = (rng.standard_normal((2000, 40)) @ rng.standard_normal((40, 256))).astype(np.float32)
+    space = served_code_search(codes)
+    lists = space.lists
+    assert space.directions.shape == (256, 64) and lists.centroids.shape == (89, 64)  # 2·sqrt(2000) lists
+    assert sorted(lists.rows) == list(range(2000)) and lists.offsets[0] == 0 and lists.offsets[-1] == 2000
+    entry = 7
+    unit = codes[lists.rows[entry]] / np.linalg.norm(codes[lists.rows[entry]])
+    assert np.allclose(lists.vectors[entry, :64], unit @ space.directions, atol=1e-5)
+    assert np.isclose(lists.vectors[entry, 64], -0.5 * np.sum(lists.vectors[entry, :64] ** 2))
+    assert np.array_equal(lists.head[:, :24], lists.vectors[:, :24])
+    for q in (codes[5], codes[9] + 0.1 * codes[11], codes[1:4].sum(0)):
+        order, d = angular_order(codes, q)
+        for k in (1, 10, 120):
+            ids, dists = space.search(q, k, probes=10**6)
+            assert ids.tolist() == order[:k].tolist() and np.allclose(dists, d[ids], atol=1e-5)
+        assert len(set(space.search(q, 10)[0]) & set(order[:10])) >= 8  # 64 of 89 lists: nearly all found
+
+
+def test_a_query_scans_only_the_lists_nearest_it(tmp_path):
+    # Four tight clusters, one list each: with one list probed, a query near a cluster's centre finds
+    # only that cluster's items (its 3 nearest when asked for 3); with two, the second-nearest cluster joins.
+    centres = np.array([[10, 0, 0, 0], [0, 10, 0, 0], [0, 0, 10, 0], [0, 0, 0, 10]], dtype=np.float32)
+    rng = np.random.default_rng(0)
+    cluster = np.tile(np.arange(4), 5)  # rows 0, 4, 8, ... in cluster 0
+    points = centres[cluster] + rng.uniform(-1, 1, (20, 4)).astype(np.float32)
+    codes = points / np.linalg.norm(points, axis=1, keepdims=True)  # unit already: projected as they are
+    offsets, rows = write_lists(codes, np.eye(4, dtype=np.float32), centres / 10, tmp_path, scan_dims=2)
+    assert offsets.tolist() == [0, 5, 10, 15, 20] and rows.tolist() == sorted(rows, key=lambda r: (cluster[r], r))
+    lists = InvertedFile.load(LoadInput(tmp_path, 20, None, codes), {"lists": 4, "scan_dims": 2, "probes": 1,
+                                                                     "rescored": 1000}, 4)
+    q = np.array([0.9, 0.3, 0, 0], dtype=np.float32)
+    found = lists.nearest_rows(q, 20)
+    assert sorted(found) == [0, 4, 8, 12, 16]  # cluster 0 only
+    nearest3 = sorted(range(20), key=lambda r: np.sum((codes[r] - q) ** 2))[:3]
+    assert sorted(lists.nearest_rows(q, 3)) == sorted(nearest3) and set(nearest3) <= {0, 4, 8, 12, 16}
+    both = lists.nearest_rows(q, 20, probes=2)
+    assert sorted(both) == sorted([r for r in range(20) if cluster[r] in (0, 1)])
 
 
 def trees_in_an_older_layout(index_dir: Path, *, projected: bool):
@@ -270,18 +314,18 @@ def trees_in_an_older_layout(index_dir: Path, *, projected: bool):
     return codes, Index.load(index_dir).spaces["code"]
 
 
-def test_an_index_whose_trees_hold_the_full_codes_still_loads_and_searches(copy_of):
+def test_an_index_whose_trees_hold_the_full_codes_still_loads_and_searches(annoy_copy_of):
     # The layout before the projection: codes.ann angular over the codes themselves, no directions file.
-    codes, space = trees_in_an_older_layout(copy_of, projected=False)
+    codes, space = trees_in_an_older_layout(annoy_copy_of, projected=False)
     assert space.directions is None
     order, d = angular_order(codes, codes[3])
     ids, dists = space.search(codes[3], 10, search_k=10**6)
     assert ids.tolist() == order[:10].tolist() and np.allclose(dists, d[ids], atol=1e-5)
 
 
-def test_an_index_whose_trees_hold_the_items_in_row_order_still_loads_and_searches(copy_of):
+def test_an_index_whose_trees_hold_the_items_in_row_order_still_loads_and_searches(annoy_copy_of):
     # The layout before the locality order: item i is row i, and no code_ann_rows.npy says so.
-    codes, space = trees_in_an_older_layout(copy_of, projected=True)
+    codes, space = trees_in_an_older_layout(annoy_copy_of, projected=True)
     assert space.ann_rows is None and space.directions is not None
     for q in (codes[3] + 0.1 * codes[4], codes[-1] + 0.1 * codes[0]):
         order, d = angular_order(codes, q)
@@ -312,9 +356,10 @@ def test_a_version_one_index_is_refused_with_how_to_rebuild(copy_of):
         Index.load(copy)
 
 
-@pytest.mark.parametrize("name", ["pixel_bound.npz", "pca.npz", "bits.npz", "code_ann_directions.npy", "code_ann_rows.npy"])
-def test_a_damaged_space_file_is_one_sentence(copy_of, name):
-    copy = copy_of
+@pytest.mark.parametrize("name", ["pixel_bound.npz", "pca.npz", "bits.npz", "code_ann_directions.npy",
+                                  "code_ivf_centroids.npy", "code_ivf_head.npy", "codes.ann", "code_ann_rows.npy"])
+def test_a_damaged_space_file_is_one_sentence(request, name):
+    copy = request.getfixturevalue("annoy_copy_of" if name in ("codes.ann", "code_ann_rows.npy") else "copy_of")
     (copy / name).write_bytes(b"garbage")
     with pytest.raises(IndexLoadError, match=f"{name}.*missing or corrupt.*rebuild it"):
         Index.load(copy)

@@ -1,4 +1,8 @@
-"""Code space: the auto-encoder's float code, searched approximately with Annoy (angular).
+"""Code space: the auto-encoder's float code, searched approximately (angular), then re-ranked exactly.
+
+Two layouts: an inverted file (k-means lists, the default; spaces/ivf.py) or Annoy's trees
+(`build-index --code-index annoy`, and every index built before session 12). This file holds
+what they share and Annoy's layout.
 
 Annoy's trees hold each unit-length code projected on the codes' top ANN_DIMS principal
 directions, a quarter of its floats: Annoy reads a quarter of the bytes per candidate and builds
@@ -31,6 +35,7 @@ from annoy import AnnoyIndex
 from .. import layout, tables
 from ..pca import fit_pca
 from .base import BuildInput, LoadInput, Query, Space, SpaceError
+from .ivf import FILES as IVF_FILES, PROBES, InvertedFile, build_lists
 
 METRIC = "angular"  # cosine: the codes are trained with a cosine (InfoNCE) objective
 ANN_DIMS = 64  # the unit codes' top 64 principal directions keep 94% of their variance at a million items
@@ -39,6 +44,8 @@ PROJECTION_FIT_ROWS = 50_000  # the directions of 50,000 codes are those of a mi
 N_TREES = 20  # from the sweep in docs/speed.md: more trees barely help at a given search_k,
 SEARCH_K = 13_000  # which sets the latency: recall@10 ~0.98 at a million items (docs/speed.md)
 SEED = 0  # Annoy's tree-splitting seed: the same inputs give a byte-identical index
+CODE_INDEX = "ivf"  # the lists read less per query than Annoy's trees for the same recall (spaces/ivf.py)
+CODE_INDEXES = ("ivf", "annoy")
 # Annoy reads every candidate's vector from its file. Items stored in locality_order put the
 # members of a leaf, of any tree, in a few runs of the file instead of a few hundred scattered
 # pages: code search 27% faster at a million items (docs/speed.md). A cell of 256 items is 68 KB;
@@ -142,7 +149,8 @@ class CodeSpace(Space):
     description = "the auto-encoder's 256-d float code: Annoy's trees, then an exact re-rank (angular: sqrt(2 - 2 cos))"
     metric = METRIC
     # Annoy builds its trees on one thread (its multi-threaded build is not deterministic), and adding a
-    # million items is a Python loop: ~23 of the space's ~25 s at a million items on one core.
+    # million items is a Python loop: ~23 of the space's ~25 s at a million items on one core. The lists'
+    # k-means uses both cores in its products, but filing and writing the items is one core's work.
     builds_beside = True
 
     def __init__(self, ann: AnnoyIndex, search_k: int, codes: np.ndarray, directions: np.ndarray | None = None,
@@ -157,12 +165,20 @@ class CodeSpace(Space):
 
     @classmethod
     def build(cls, data: BuildInput, directory: Path, *, n_trees: int = N_TREES, search_k: int = SEARCH_K,
-              backend: str = "annoy", uri: str | None = None) -> dict:
+              backend: str = "annoy", uri: str | None = None, structure: str = CODE_INDEX,
+              probes: int = PROBES) -> dict:
         if backend == "milvus":  # the codes in a Milvus collection instead of codes.ann (spaces/milvus.py)
             from .milvus import build_code
             return build_code(data, directory, uri=uri)
         if backend != "annoy":
             raise SpaceError(f"the code space's backend is annoy or milvus, not {backend!r}")
+        if structure not in CODE_INDEXES:
+            raise SpaceError(f"the code space's index is {' or '.join(CODE_INDEXES)}, not {structure!r}")
+        if structure == "ivf":
+            settings = build_lists(data, directory, probes=probes)
+            return {"metric": METRIC, "dims": int(data.codes.shape[1]),
+                    "files": [layout.CODES, layout.ANNOY_DIRECTIONS, *IVF_FILES],
+                    "settings": {**settings, "candidates": CANDIDATES}}
         dims = min(ANN_DIMS, data.codes.shape[1])
         settings = {"n_trees": n_trees, "search_k": search_k, "seed": data.seed, "ann_dims": dims,
                     "candidates": CANDIDATES}
@@ -171,7 +187,7 @@ class CodeSpace(Space):
             return kept_trees
         # Built on disk: the trees grow in the file's pages, which the kernel writes back and drops at
         # will, instead of in the build's own memory and then a second time in save().
-        space = served_code_search(data.codes, n_trees=n_trees, search_k=search_k, seed=data.seed,
+        space = annoy_code_search(data.codes, n_trees=n_trees, search_k=search_k, seed=data.seed,
                                    path=directory / layout.ANNOY)
         np.save(directory / layout.ANNOY_DIRECTIONS, space.directions)
         np.save(directory / layout.ANNOY_ROWS, space.ann_rows)
@@ -220,6 +236,8 @@ class CodeSpace(Space):
         if s.get("backend") == "milvus":
             from .milvus import MilvusCodeSpace
             return MilvusCodeSpace.load(data, section)
+        if s.get("structure") == "ivf":
+            return IvfCodeSpace.load(data, section)
         path = data.directory / layout.ANNOY
         if not path.is_file() or path.stat().st_size != s["ann_bytes"]:
             raise SpaceError(f"{layout.ANNOY} is missing or not the size meta.json records")
@@ -296,11 +314,60 @@ class CodeSpace(Space):
         return rows[live][:wanted], np.asarray(dists, dtype=np.float32)[live][:wanted]
 
 
-def served_code_search(codes: np.ndarray, *, n_trees: int = N_TREES, search_k: int = SEARCH_K, seed: int = SEED,
-                       path: Path | None = None, n_jobs: int = 1) -> CodeSpace:
-    """The code space as a build makes it (CodeSpace.build calls this), over codes in memory: what
-    evaluate and benchmark measure. Trees over the codes' top ANN_DIMS directions, their items in
-    locality order (CodeSpace.ann_rows maps them to rows), then an exact re-rank on the full codes."""
+class IvfCodeSpace(CodeSpace):
+    """The code space on an inverted file (spaces/ivf.py): the probed lists' nearest, re-ranked on the full codes."""
+    description = ("the auto-encoder's 256-d float code: k-means lists scanned, then an exact re-rank "
+                   "(angular: sqrt(2 - 2 cos))")
+
+    def __init__(self, lists: InvertedFile, codes: np.ndarray, directions: np.ndarray, candidates: int = CANDIDATES):
+        self.lists, self.codes, self.directions, self.candidates = lists, codes, directions, candidates
+
+    @classmethod
+    def load(cls, data: LoadInput, section: dict) -> "IvfCodeSpace":
+        s = section["settings"]
+        try:
+            directions = np.load(data.directory / layout.ANNOY_DIRECTIONS, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise SpaceError(f"{layout.ANNOY_DIRECTIONS} is missing or corrupt ({type(e).__name__})") from None
+        if directions.shape != (data.codes.shape[1], s["ann_dims"]) or directions.dtype != np.float32:
+            raise SpaceError(f"{layout.ANNOY_DIRECTIONS} does not project {data.codes.shape[1]}-d codes "
+                             f"to the {s['ann_dims']} dimensions meta.json records")
+        lists = InvertedFile.load(data, s, s["ann_dims"])
+        for entry in np.linspace(0, data.items - 1, num=min(8, data.items)).astype(int):  # the lists hold these codes
+            row = int(lists.rows[entry])
+            if not np.allclose(lists.vectors[entry, :-1], unit_rows(data.codes[row])[0] @ directions, rtol=1e-4, atol=1e-5):
+                raise SpaceError(f"{layout.IVF_VECTORS} and {layout.CODES} disagree at item {row}")
+        return cls(lists, data.codes, directions, int(s.get("candidates", CANDIDATES)))
+
+    def search(self, vector: np.ndarray, k: int, probes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`probes`: lists scanned (default: the build's setting); all of them make the search exact."""
+        unit_query = unit_rows(vector)[0]
+        rows = self.lists.nearest_rows(unit_query @ self.directions, max(k, self.candidates), probes)
+        return rerank(self.codes, rows, unit_query, k)
+
+
+def served_code_search(codes: np.ndarray, *, seed: int = SEED, probes: int = PROBES) -> IvfCodeSpace:
+    """The code space as a build makes it by default (the lists), over codes in memory: what evaluate
+    measures as "codes, as served". Its files go to a temporary folder, mapped while the space lives."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="imgsearch-lists-") as folder:
+        directory = Path(folder)
+        section = CodeSpace.build(BuildInput(np.empty((0, 32, 32, 3), np.uint8), codes, seed=seed), directory,
+                                  probes=probes)
+        space = IvfCodeSpace.load(LoadInput(directory, len(codes), None, codes), section)
+        # In memory: the folder goes now (a mapped file would outlive its name on Linux, not everywhere).
+        lists = space.lists
+        space.lists = InvertedFile(*(np.array(t) for t in (lists.centroids, lists.offsets, lists.rows, lists.head,
+                                                           lists.vectors)), lists.probes, lists.rescored)
+    return space
+
+
+def annoy_code_search(codes: np.ndarray, *, n_trees: int = N_TREES, search_k: int = SEARCH_K, seed: int = SEED,
+                      path: Path | None = None, n_jobs: int = 1) -> CodeSpace:
+    """The code space on Annoy's trees as a build makes it (CodeSpace.build calls this), over codes in
+    memory: the benchmark's Annoy sweep and scale run. Trees over the codes' top ANN_DIMS directions,
+    their items in locality order (CodeSpace.ann_rows maps them to rows), then an exact re-rank."""
     directions = fit_tree_directions(codes, min(ANN_DIMS, codes.shape[1]), seed)
     order = locality_order(project_codes(codes, directions[:, :LOCALITY_DIMS]))
     ann = build_annoy(codes, n_trees, directions=directions, order=order, seed=seed, path=path, n_jobs=n_jobs)
