@@ -233,8 +233,9 @@ def upload_ui(col) -> None:
                          on_change=lambda: st.session_state.update(query="upload"))
 
 
-def pick_ui(col, index: Index):
-    """Pick from the collection; returns the current query (an item id or an upload) or None."""
+def pick_ui(row, index: Index):
+    """Pick from the collection (in `row`: "Random", and a popover with the class and the item number);
+    returns the current query (an item id or an upload) or None."""
     pick = st.session_state.pop("random_pick", None)
     if pick is not None:
         label = pick["label"] if pick["label"] in index.classes else None
@@ -243,15 +244,13 @@ def pick_ui(col, index: Index):
         current = st.session_state.get("query")
         set_query(index.random_item(np.random.default_rng(), label, other_than=current if isinstance(current, int) else None))
         st.session_state.collection_changed = False
-    with col:
-        st.markdown("**…or pick one from the collection**")
-        a, b, c = st.columns([1, 1.4, 1.2])
-        a.button("Random", key="random", on_click=ask_random)
+    row.button("Random", key="random", on_click=ask_random)
+    with row.popover("By class or number"):
         if index.classes:
-            label = b.selectbox("Class", index.classes, key="pick_class", label_visibility="collapsed")
-            b.button(f"Random {label}", key="random_class", on_click=ask_random, args=(label,))
-        c.number_input("Item number", 0, len(index) - 1, key="item_number", step=1,
-                       on_change=lambda: st.session_state.update(query=int(st.session_state.item_number)))
+            label = st.selectbox("Class", index.classes, key="pick_class")
+            st.button(f"Random {label}", key="random_class", on_click=ask_random, args=(label,))
+        st.number_input("Item number", 0, len(index) - 1, key="item_number", step=1,
+                        on_change=lambda: st.session_state.update(query=int(st.session_state.item_number)))
     if st.session_state.pop("collection_changed", False):
         st.info("The collection changed (the index was rebuilt), so the previous query was cleared; pick a new one.")
     query = st.session_state.get("query")
@@ -555,9 +554,15 @@ def main() -> None:
         return map_view(index)
     if view == "Quality":
         return quality_view(index)
-    query = pick_ui(pick_col, index)
-    spaces = spaces_ui(index)
-    k = st.slider("Neighbours per space (k)", 1, 50, 10, key="k")
+    with pick_col:
+        st.markdown("**…or pick one from the collection**")
+        row = st.container(horizontal=True)
+    query = pick_ui(row, index)
+    # The controls wait in popovers: a closed popover's widgets are not drawn, so a visit does not wait
+    # for the browser to compile their code (a later visit 160-280 ms sooner, docs/page.md).
+    with row.popover("Search settings"):
+        spaces = spaces_ui(index)
+        k = st.slider("Neighbours per space (k)", 1, 50, 10, key="k")
     if query is None:
         st.info("Upload an image or pick one from the collection to search.")
         return

@@ -86,7 +86,8 @@ def build_index_arguments(p: argparse.ArgumentParser):
                         f"(default: {BATCH})")
     p.add_argument("--backend", choices=("annoy", "milvus"), default="annoy",
                    help="where the code and bits spaces live: annoy (this index's own files: the code space's "
-                        "lists, or trees with --code-index annoy, and bits.npz; default) or milvus (collections at --milvus-uri; docs/scale.md)")
+                        "lists, or trees with --code-index annoy, and bits.npz; default) or milvus (collections "
+                        "at --milvus-uri; docs/scale.md)")
     p.add_argument("--milvus-uri", metavar="URI",
                    help="with --backend milvus: a path ending in .db (Milvus Lite, in this process; the bits stay "
                         "local, Lite has no binary vectors) or http://host:19530 (a Milvus server or cluster)")

@@ -26,7 +26,7 @@ KS = (1, 10, 100)
 MAP_DEPTH = 1000
 # Every representation evaluate() reports, as the JSON keys and the plots name them
 REPRESENTATIONS = {"pixels": "raw pixels", "pca": "PCA-256", "codes_exact": "codes, exact",
-                   "codes_served": "codes, as served (Annoy)", **{f"bits_{b}": f"{b} bits (Hamming)" for b in WIDTHS},
+                   "codes_served": "codes, as served", **{f"bits_{b}": f"{b} bits (Hamming)" for b in WIDTHS},
                    "bits_256_sign": "256 bits, plain sign"}
 # The representations whose P@10 per class is printed and drawn: the baselines, the code as served, its bits
 PER_CLASS_SHOWN = ("pixels", "pca", "codes_served", "bits_256")

@@ -72,9 +72,9 @@ class BuildBusyError(RuntimeError):
 def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLike = DEFAULT_CHECKPOINT,
                 out: str | os.PathLike = DEFAULT_INDEX, *, spaces: list[str] | None = None,
                 options: dict | None = None, code_index: str = CODE_INDEX, probes: int = PROBES,
-                n_trees: int = N_TREES, search_k: int = SEARCH_K, bits: int | None = None, seed: int = SEED, maps: bool = True, progress: bool = True,
-                on_step=None, wait: bool = True, update: bool = False, batch_size: int = BATCH,
-                batches=None) -> dict:
+                n_trees: int = N_TREES, search_k: int = SEARCH_K, bits: int | None = None, seed: int = SEED,
+                maps: bool = True, progress: bool = True, on_step=None, wait: bool = True, update: bool = False,
+                batch_size: int = BATCH, batches=None) -> dict:
     """Encode a collection, build every space's search structure and publish the index at `out`.
 
     `spaces` (default: every registered one) and `options` (space name -> keyword options) choose
@@ -120,8 +120,8 @@ def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLik
                               batches=functools.partial(local_batches, pool=pool) if local else batches,
                               on_step=lambda f: step("decoding and encoding", 0.05 + 0.5 * f))
         del model  # the spaces need only the codes: free its memory for theirs
-        options = {"code": {"structure": code_index, "probes": probes, "n_trees": n_trees, "search_k": search_k}, **({"bits": {"bits": bits}} if bits else {}),
-                   **(options or {})}
+        options = {"code": {"structure": code_index, "probes": probes, "n_trees": n_trees, "search_k": search_k},
+                   **({"bits": {"bits": bits}} if bits else {}), **(options or {})}
 
         # The random part keeps two builds started in the same second (or a retry after a crash) apart.
         build_dir = builds / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"

@@ -38,7 +38,7 @@ import numpy as np
 from .. import layout, tables
 from .base import BuildInput, LoadInput, SpaceError
 
-LISTS_PER_ROOT = 2  # lists = 2·sqrt(N): 2,000 at a million; 4,096 needed as many rows per recall in more, smaller lists (probe)
+LISTS_PER_ROOT = 2  # lists = 2·sqrt(N): 2,000 at a million (4,096 lists needed as many items read per recall, probe)
 PROBES = 64  # lists scanned per query: recall@10 0.992 at a million items (0.982 with 48; docs/speed.md)
 SCAN_DIMS = 24  # dimensions read per scanned item: 16 held 0.9915 and 24 0.992 of 64's 0.992 (probe)
 RESCORED = 1000  # the best of the scan scored in all 64 dimensions
