@@ -241,15 +241,8 @@ class CodeSpace(Space):
         path = data.directory / layout.ANNOY
         if not path.is_file() or path.stat().st_size != s["ann_bytes"]:
             raise SpaceError(f"{layout.ANNOY} is missing or not the size meta.json records")
-        directions = None
-        if "ann_dims" in s:  # trees over projected codes; an index built before has trees over the codes
-            try:
-                directions = np.load(data.directory / layout.ANNOY_DIRECTIONS, allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise SpaceError(f"{layout.ANNOY_DIRECTIONS} is missing or corrupt ({type(e).__name__})") from None
-            if directions.shape != (data.codes.shape[1], s["ann_dims"]) or directions.dtype != np.float32:
-                raise SpaceError(f"{layout.ANNOY_DIRECTIONS} does not project {data.codes.shape[1]}-d codes "
-                                 f"to the {s['ann_dims']} dimensions meta.json records")
+        # Trees over projected codes; an index built before has trees over the codes, and no directions.
+        directions = load_directions(data, s["ann_dims"]) if "ann_dims" in s else None
         ann = (AnnoyIndex(data.codes.shape[1], section["metric"]) if directions is None else
                AnnoyIndex(directions.shape[1], "euclidean"))
         try:
@@ -325,13 +318,7 @@ class IvfCodeSpace(CodeSpace):
     @classmethod
     def load(cls, data: LoadInput, section: dict) -> "IvfCodeSpace":
         s = section["settings"]
-        try:
-            directions = np.load(data.directory / layout.ANNOY_DIRECTIONS, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise SpaceError(f"{layout.ANNOY_DIRECTIONS} is missing or corrupt ({type(e).__name__})") from None
-        if directions.shape != (data.codes.shape[1], s["ann_dims"]) or directions.dtype != np.float32:
-            raise SpaceError(f"{layout.ANNOY_DIRECTIONS} does not project {data.codes.shape[1]}-d codes "
-                             f"to the {s['ann_dims']} dimensions meta.json records")
+        directions = load_directions(data, s["ann_dims"])
         lists = InvertedFile.load(data, s, s["ann_dims"])
         for entry in np.linspace(0, data.items - 1, num=min(8, data.items)).astype(int):  # the lists hold these codes
             row = int(lists.rows[entry])
@@ -344,6 +331,18 @@ class IvfCodeSpace(CodeSpace):
         unit_query = unit_rows(vector)[0]
         rows = self.lists.nearest_rows(unit_query @ self.directions, max(k, self.candidates), probes)
         return rerank(self.codes, rows, unit_query, k)
+
+
+def load_directions(data: LoadInput, dims: int) -> np.ndarray:
+    """code_ann_directions.npy, checked: the (code_dim, dims) projection the lists or the trees are built over."""
+    try:
+        directions = np.load(data.directory / layout.ANNOY_DIRECTIONS, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise SpaceError(f"{layout.ANNOY_DIRECTIONS} is missing or corrupt ({type(e).__name__})") from None
+    if directions.shape != (data.codes.shape[1], dims) or directions.dtype != np.float32:
+        raise SpaceError(f"{layout.ANNOY_DIRECTIONS} does not project {data.codes.shape[1]}-d codes "
+                         f"to the {dims} dimensions meta.json records")
+    return directions
 
 
 def served_code_search(codes: np.ndarray, *, seed: int = SEED, probes: int = PROBES) -> IvfCodeSpace:
