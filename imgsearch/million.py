@@ -192,7 +192,7 @@ def benchmark_million(collection: str | os.PathLike, model: str | os.PathLike, w
     from .search import Index
     from .spaces import DEFAULT_SPACES
     from .spaces.base import Query
-    from .spaces.code import IvfCodeSpace
+    from .spaces.ivf import IvfCodeSpace
 
     assert only is None or set(only) <= set(PHASES), f"phases are {', '.join(PHASES)}"
     collection = write_million(collection, items)

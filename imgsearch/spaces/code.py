@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from annoy import AnnoyIndex
@@ -35,7 +36,9 @@ from annoy import AnnoyIndex
 from .. import layout, tables
 from ..pca import fit_pca
 from .base import BuildInput, LoadInput, Query, Space, SpaceError
-from .ivf import FILES as IVF_FILES, PROBES, InvertedFile, build_lists
+
+if TYPE_CHECKING:  # spaces/ivf.py builds on this module (as spaces/milvus.py does): imported where used
+    from .ivf import IvfCodeSpace
 
 METRIC = "angular"  # cosine: the codes are trained with a cosine (InfoNCE) objective
 ANN_DIMS = 64  # the unit codes' top 64 principal directions keep 94% of their variance at a million items
@@ -45,6 +48,7 @@ N_TREES = 20  # from the sweep in docs/speed.md: more trees barely help at a giv
 SEARCH_K = 13_000  # which sets the latency: recall@10 ~0.98 at a million items (docs/speed.md)
 SEED = 0  # Annoy's tree-splitting seed: the same inputs give a byte-identical index
 CODE_INDEX = "ivf"  # the lists read less per query than Annoy's trees for the same recall (spaces/ivf.py)
+PROBES = 64  # lists scanned per query: recall@10 0.9885-0.992 at a million items (0.982-0.983 with 48; docs/speed.md)
 CODE_INDEXES = ("ivf", "annoy")
 # Annoy reads every candidate's vector from its file. Items stored in locality_order put the
 # members of a leaf, of any tree, in a few runs of the file instead of a few hundred scattered
@@ -175,6 +179,7 @@ class CodeSpace(Space):
         if structure not in CODE_INDEXES:
             raise SpaceError(f"the code space's index is {' or '.join(CODE_INDEXES)}, not {structure!r}")
         if structure == "ivf":
+            from .ivf import FILES as IVF_FILES, build_lists
             settings = build_lists(data, directory, probes=probes)
             return {"metric": METRIC, "dims": int(data.codes.shape[1]),
                     "files": [layout.CODES, layout.ANNOY_DIRECTIONS, *IVF_FILES],
@@ -236,7 +241,8 @@ class CodeSpace(Space):
         if s.get("backend") == "milvus":
             from .milvus import MilvusCodeSpace
             return MilvusCodeSpace.load(data, section)
-        if s.get("structure") == "ivf":
+        if s.get("structure") == "ivf":  # the lists (spaces/ivf.py)
+            from .ivf import IvfCodeSpace
             return IvfCodeSpace.load(data, section)
         path = data.directory / layout.ANNOY
         if not path.is_file() or path.stat().st_size != s["ann_bytes"]:
@@ -307,32 +313,6 @@ class CodeSpace(Space):
         return rows[live][:wanted], np.asarray(dists, dtype=np.float32)[live][:wanted]
 
 
-class IvfCodeSpace(CodeSpace):
-    """The code space on an inverted file (spaces/ivf.py): the probed lists' nearest, re-ranked on the full codes."""
-    description = ("the auto-encoder's 256-d float code: k-means lists scanned, then an exact re-rank "
-                   "(angular: sqrt(2 - 2 cos))")
-
-    def __init__(self, lists: InvertedFile, codes: np.ndarray, directions: np.ndarray, candidates: int = CANDIDATES):
-        self.lists, self.codes, self.directions, self.candidates = lists, codes, directions, candidates
-
-    @classmethod
-    def load(cls, data: LoadInput, section: dict) -> "IvfCodeSpace":
-        s = section["settings"]
-        directions = load_directions(data, s["ann_dims"])
-        lists = InvertedFile.load(data, s, s["ann_dims"])
-        for entry in np.linspace(0, data.items - 1, num=min(8, data.items)).astype(int):  # the lists hold these codes
-            row = int(lists.rows[entry])
-            if not np.allclose(lists.vectors[entry, :-1], unit_rows(data.codes[row])[0] @ directions, rtol=1e-4, atol=1e-5):
-                raise SpaceError(f"{layout.IVF_VECTORS} and {layout.CODES} disagree at item {row}")
-        return cls(lists, data.codes, directions, int(s.get("candidates", CANDIDATES)))
-
-    def search(self, vector: np.ndarray, k: int, probes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """`probes`: lists scanned (default: the build's setting); all of them make the search exact."""
-        unit_query = unit_rows(vector)[0]
-        rows = self.lists.nearest_rows(unit_query @ self.directions, max(k, self.candidates), probes)
-        return rerank(self.codes, rows, unit_query, k)
-
-
 def load_directions(data: LoadInput, dims: int) -> np.ndarray:
     """code_ann_directions.npy, checked: the (code_dim, dims) projection the lists or the trees are built over."""
     try:
@@ -349,6 +329,8 @@ def served_code_search(codes: np.ndarray, *, seed: int = SEED, probes: int = PRO
     """The code space as a build makes it by default (the lists), over codes in memory: what evaluate
     measures as "codes, as served". Its files go to a temporary folder, mapped while the space lives."""
     import tempfile
+
+    from .ivf import InvertedFile, IvfCodeSpace
 
     with tempfile.TemporaryDirectory(prefix="imgsearch-lists-") as folder:
         directory = Path(folder)

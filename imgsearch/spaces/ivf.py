@@ -37,9 +37,10 @@ import numpy as np
 
 from .. import layout, tables
 from .base import BuildInput, LoadInput, SpaceError
+from .code import (ANN_DIMS, CANDIDATES, PROBES, CodeSpace, fit_tree_directions, load_directions, project_codes,
+                   rerank, unit_rows)
 
 LISTS_PER_ROOT = 2  # lists = 2·sqrt(N): 2,000 at a million (4,096 lists needed as many items read per recall, probe)
-PROBES = 64  # lists scanned per query: recall@10 0.992 at a million items (0.982 with 48; docs/speed.md)
 SCAN_DIMS = 24  # dimensions read per scanned item: 16 held 0.9915 and 24 0.992 of 64's 0.992 (probe)
 RESCORED = 1000  # the best of the scan scored in all 64 dimensions
 KMEANS_ROWS_PER_LIST = 50  # the centres are fitted on a seeded sample of 50 items per list (100,000 at a million)
@@ -51,20 +52,12 @@ def list_count(items: int) -> int:
     return max(1, min(items, int(round(LISTS_PER_ROOT * np.sqrt(items)))))
 
 
-def projected(codes: np.ndarray, directions: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-    """The unit codes (of `rows`, or all) on `directions`, float32."""
-    from .code import unit_rows  # code.py imports this module
-
-    block = codes if rows is None else tables.gather(codes, rows)
-    return unit_rows(block) @ directions
-
-
 def fit_centroids(codes: np.ndarray, directions: np.ndarray, lists: int, seed: int) -> np.ndarray:
     """k-means centres of the projected codes, from a seeded sample; deterministic for given inputs."""
     rng = np.random.default_rng(seed)
     n = len(codes)
     sample_rows = np.sort(rng.choice(n, min(n, KMEANS_ROWS_PER_LIST * lists), replace=False))
-    sample = projected(codes, directions, sample_rows)
+    sample = unit_rows(tables.gather(codes, sample_rows)) @ directions
     centroids = sample[np.sort(rng.choice(len(sample), lists, replace=False))].copy()
     for _ in range(KMEANS_ROUNDS):
         nearest = nearest_list(sample, centroids)
@@ -98,7 +91,7 @@ def write_lists(codes: np.ndarray, directions: np.ndarray, centroids: np.ndarray
     tables), so the projections (256 MB at a million) are never held whole."""
     nearest = np.empty(len(codes), dtype=np.int64)
     for s, block in tables.row_blocks(codes, 65536):
-        nearest[s:s + len(block)] = nearest_list(projected(block, directions), centroids)
+        nearest[s:s + len(block)] = nearest_list(project_codes(block, directions), centroids)
     rows = np.argsort(nearest, kind="stable")  # within a list, items in row order
     offsets = np.concatenate([[0], np.cumsum(np.bincount(nearest, minlength=len(centroids)))]).astype(np.int64)
     dims = directions.shape[1]
@@ -108,7 +101,7 @@ def write_lists(codes: np.ndarray, directions: np.ndarray, centroids: np.ndarray
         part = rows[s:s + 65536]
         ascending = np.argsort(part, kind="stable")
         x = np.empty((len(part), dims), dtype=np.float32)
-        x[ascending] = projected(codes, directions, part[ascending])  # read forward, put back in list order
+        x[ascending] = unit_rows(tables.gather(codes, part[ascending])) @ directions  # read forward, put back in list order
         head.write(with_half_norms(x[:, :scan_dims]))
         vectors.write(with_half_norms(x))
     head.close()
@@ -122,8 +115,6 @@ def write_lists(codes: np.ndarray, directions: np.ndarray, centroids: np.ndarray
 def build_lists(data: BuildInput, directory: Path, *, probes: int) -> dict:
     """Write the code space's projection and lists; return its meta.json settings. An update keeps the
     previous projection and centres when it may (most items were in the collection they were fitted on)."""
-    from .code import ANN_DIMS, fit_tree_directions
-
     codes = data.codes
     dims = min(ANN_DIMS, codes.shape[1])
     scan_dims = min(SCAN_DIMS, dims)
@@ -170,9 +161,9 @@ class InvertedFile:
                              f"{lists} lists of {dims} dimensions that meta.json records")
         if offsets[0] != 0 or offsets[-1] != data.items or np.any(np.diff(offsets) < 0):
             raise SpaceError(f"{layout.IVF_OFFSETS} does not split {data.items} items into lists")
-        if rows.shape != (data.items,) or rows.dtype.kind != "i" or (
-                data.items and np.bincount(np.clip(rows, 0, data.items - 1), minlength=data.items).max() != 1) or (
-                data.items and (rows.min() < 0 or rows.max() >= data.items)):
+        every_item_once = rows.shape == (data.items,) and rows.dtype.kind == "i" and (not data.items or (
+            0 <= rows.min() and rows.max() < data.items and np.bincount(rows, minlength=data.items).max() == 1))
+        if not every_item_once:
             raise SpaceError(f"{layout.IVF_ROWS} does not hold every item of this index once")
         if head.shape != (data.items, scan + 1) or vectors.shape != (data.items, dims + 1) or \
                 head.dtype != np.float32 or vectors.dtype != np.float32:
@@ -200,3 +191,29 @@ class InvertedFile:
         if len(entries) > wanted:
             entries = entries[np.argpartition(-scores, wanted - 1)[:wanted]]
         return np.asarray(self.rows[entries], dtype=np.int64)
+
+
+class IvfCodeSpace(CodeSpace):
+    """The code space on its lists: the probed lists' nearest, re-ranked on the full codes (as Annoy's are)."""
+    description = ("the auto-encoder's 256-d float code: k-means lists scanned, then an exact re-rank "
+                   "(angular: sqrt(2 - 2 cos))")
+
+    def __init__(self, lists: InvertedFile, codes: np.ndarray, directions: np.ndarray, candidates: int = CANDIDATES):
+        self.lists, self.codes, self.directions, self.candidates = lists, codes, directions, candidates
+
+    @classmethod
+    def load(cls, data: LoadInput, section: dict) -> "IvfCodeSpace":
+        s = section["settings"]
+        directions = load_directions(data, s["ann_dims"])
+        lists = InvertedFile.load(data, s, s["ann_dims"])
+        for entry in np.linspace(0, data.items - 1, num=min(8, data.items)).astype(int):  # the lists hold these codes
+            row = int(lists.rows[entry])
+            if not np.allclose(lists.vectors[entry, :-1], unit_rows(data.codes[row])[0] @ directions, rtol=1e-4, atol=1e-5):
+                raise SpaceError(f"{layout.IVF_VECTORS} and {layout.CODES} disagree at item {row}")
+        return cls(lists, data.codes, directions, int(s.get("candidates", CANDIDATES)))
+
+    def search(self, vector: np.ndarray, k: int, probes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`probes`: lists scanned (default: the build's setting); all of them make the search exact."""
+        unit_query = unit_rows(vector)[0]
+        rows = self.lists.nearest_rows(unit_query @ self.directions, max(k, self.candidates), probes)
+        return rerank(self.codes, rows, unit_query, k)
