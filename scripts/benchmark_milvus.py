@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from milvus_server import start_server  # scripts/ is on the path when this file runs
 
 from imgsearch.benchmark import ExactCodeSearch, percentiles, realistic_codes, recall_at, timed
 from imgsearch.index import DEFAULT_INDEX, build_index, resolve
@@ -36,14 +37,10 @@ LITE_QUERIES = 100  # Milvus Lite scans in Python, ~0.2 s a query at 50,000: few
 OFFLINE = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "cifar10-jpg" / "train"
 
 
-def start_server(base: Path):
-    from milvus import MilvusServer
-
-    server = MilvusServer()
-    server.set_base_dir(str(base))
+def timed_server(base: Path):
     t = time.time()
-    server.start()
-    return server, f"http://127.0.0.1:{server.listen_port}", round(time.time() - t, 1)
+    server, uri = start_server(base)
+    return server, uri, round(time.time() - t, 1)
 
 
 def in_milvus(space_cls, shared: BuildInput, work: Path, uri: str, **options):
@@ -83,7 +80,7 @@ def milvus_benchmark(index_dir: Path, n_queries: int, uri: str | None) -> dict:
     server = None
     try:
         if uri is None:
-            server, uri, report["server_start_seconds"] = start_server(work / "server")
+            server, uri, report["server_start_seconds"] = timed_server(work / "server")
         report["server"] = uri if server is None else "embedded Milvus 2.3.5 standalone (pip package milvus), 127.0.0.1"
         shared = BuildInput(pixels, codes, seed=index.meta["seed"])
         build = work / "20000101-000000-bench"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -49,18 +50,20 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve(index: str | os.PathLike, *, app: str | os.PathLike = "app.py", port: int | None = None, timeout: float = 120,
-          log: str | os.PathLike | None = None):
+          log: str | os.PathLike | None = None, home: str | os.PathLike | None = None):
     """`streamlit run app.py` over `index` on 127.0.0.1; yields (url, seconds until it answered /health).
 
-    `app` may name another version of the page (to measure before and after a change); it runs from the
-    repository root, with its .streamlit/config.toml. `log`: a file for the server's output (default: dropped)."""
+    `app` may name another version of the page; it runs from the repository root, with its
+    .streamlit/config.toml. `log`: a file for the server's output (default: dropped). `home`: the
+    server's HOME (Streamlit keeps its own files there), e.g. a test's temporary folder. The server runs
+    in a process group of its own, which ends with the block, however the block ends."""
     port = port or free_port()
-    env = {**os.environ, "IMGSEARCH_INDEX": str(index)}
+    env = {**os.environ, "IMGSEARCH_INDEX": str(index), **({"HOME": str(home)} if home else {})}
     log = open(log or os.devnull, "wb")
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port),
                              "--server.address", "127.0.0.1", "--server.headless", "true"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         while True:
@@ -75,12 +78,20 @@ def serve(index: str | os.PathLike, *, app: str | os.PathLike = "app.py", port: 
                 time.sleep(0.05)
         yield url, time.perf_counter() - started
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_group(proc)
         log.close()
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 20) -> None:
+    """End a process started with start_new_session=True and everything it started."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def launch(playwright):

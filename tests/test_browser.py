@@ -1,11 +1,9 @@
 """A real browser: `streamlit run app.py`, Debian's Chromium driven by Playwright: an upload, the grids at a
 desktop's and a phone's width, the Map view's hover picture and click; screenshots in test-output/."""
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ from PIL import Image
 from conftest import ROOT, make_image
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from pagekit import BROWSER_ARGS, far_neighbour  # noqa: E402 - the benchmark's own helpers, so both see one page
+from pagekit import BROWSER_ARGS, far_neighbour, serve  # noqa: E402 - the benchmark's own helpers, so both see one page
 
 CHROMIUM = "/usr/bin/chromium"
 OUTPUT = ROOT / "test-output"  # screenshots land here (not committed)
@@ -25,37 +23,10 @@ if not Path(CHROMIUM).exists():
     pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium", allow_module_level=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def server(index_dir):
-    port = free_port()
-    env = {**os.environ, "IMGSEARCH_INDEX": str(index_dir)}
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(url + "/_stcore/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not start: " + proc.stdout.read().decode()[-2000:])
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:  # a server stuck in a run must not outlive the test
-        proc.kill()
-        proc.wait()
+def server(index_dir, tmp_path):
+    with serve(index_dir, home=tmp_path, timeout=60) as (url, _):
+        yield url
 
 
 @pytest.fixture

@@ -3,13 +3,15 @@ embedded Milvus standalone server), and decoding and encoding on a local Ray."""
 import json
 import os
 import shutil
-import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+import sys
 
 from conftest import OFFLINE, ROOT
 from imgsearch import layout
@@ -18,18 +20,15 @@ from imgsearch.index import IndexLoadError, build_index, builds_dir, prune, reso
 from imgsearch.search import Index
 from imgsearch.spaces.milvus import MilvusError, builds_prefix, connect
 
+sys.path.insert(0, str(ROOT / "scripts"))
+from milvus_server import free_port  # noqa: E402 - the benchmark's own server helpers
+
 pytest.importorskip("pymilvus", reason="the cluster extras are not installed (pip install -r requirements-cluster.txt)")
 MILVUS_LITE = {"code": {"backend": "milvus"}, "bits": {"backend": "milvus"}}
 
 
 def milvus_options(uri: str) -> dict:
     return {name: {**o, "uri": uri} for name, o in MILVUS_LITE.items()}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def exact_angular_topk(codes: np.ndarray, q: int, k: int) -> np.ndarray:
@@ -129,8 +128,22 @@ def test_a_missing_collection_or_server_at_load_is_one_sentence(lite_index, tmp_
 
 # ---- Ray -------------------------------------------------------------------------------------
 
-def test_ray_encodes_what_the_plain_build_encodes_and_resumes_its_batches(tmp_path, collection_dir, checkpoint):
-    pytest.importorskip("ray", reason="Ray is not installed (pip install -r requirements-cluster.txt)")
+@pytest.fixture
+def own_ray(monkeypatch):
+    """Ray's files (and so its sockets and session) in a folder of this test's own, not /tmp/ray, which a
+    Ray already running on the machine holds; short, since a Unix socket's path has at most 107 bytes."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -r requirements-cluster.txt)")
+    base = tempfile.mkdtemp(prefix="ray")
+    monkeypatch.setenv("RAY_TMPDIR", base)
+    try:
+        yield
+    finally:
+        ray.shutdown()  # a test that fails half-way must not leave its raylet and workers behind
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_ray_encodes_what_the_plain_build_encodes_and_resumes_its_batches(tmp_path, collection_dir, checkpoint,
+                                                                          own_ray):
     from imgsearch.ingest import local_batches
 
     data = tmp_path / "images"
@@ -167,13 +180,12 @@ QUERIES = 200
 
 @pytest.fixture(scope="module")
 def milvus_server(tmp_path_factory):
-    milvus = pytest.importorskip("milvus", reason="the embedded Milvus server package is not installed")
-    server = milvus.MilvusServer()
-    server.set_base_dir(str(tmp_path_factory.mktemp("milvus")))
-    server.listen_port = free_port()
-    server.start()  # about 10 s
+    pytest.importorskip("milvus", reason="the embedded Milvus server package is not installed")
+    from milvus_server import start_server
+
+    server, uri = start_server(tmp_path_factory.mktemp("milvus"))  # about 10 s; every port its own
     try:
-        yield server, f"http://127.0.0.1:{server.listen_port}"
+        yield server, uri
     finally:
         server.stop()
 
