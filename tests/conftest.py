@@ -14,6 +14,25 @@ from imgsearch import layout
 from imgsearch.index import CHECKSUM, build_index, file_checksum, resolve
 from imgsearch.model import ConvAutoEncoder, ModelArgs, save_checkpoint
 
+
+
+def pytest_report_header(config):
+    """The kernels this run computes with: float results differ in the last bits between them."""
+    import platform
+
+    import faiss
+    import threadpoolctl
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    blas = sorted({f"{i['internal_api']} {i.get('architecture')}" for i in threadpoolctl.threadpool_info()
+                   if i.get("architecture")})
+    simd = faiss.SIMDConfig.get_level() if hasattr(faiss, "SIMDConfig") else "n/a"
+    return [f"cpu: {cpu}; torch kernels: {torch.backends.cpu.get_cpu_capability()}; BLAS: {', '.join(blas)}; "
+            f"faiss SIMD level: {simd}"]
+
+
 OFFLINE = ROOT.parent / "shared" / "datasets" / "cifar10-jpg"
 CLASSES = ("blue", "green", "red")
 
@@ -107,3 +126,23 @@ def reseal(directory):
         meta["checksums"] = {p.name: {"bytes": p.stat().st_size, CHECKSUM: file_checksum(p)}
                              for p in directory.iterdir() if p.name != layout.META}
     edit_meta(directory, change)
+
+
+# ---- tolerances from float32 arithmetic ---------------------------------------------------------
+# Torch, OpenBLAS and faiss pick different kernels on different CPUs (and under ATEN_CPU_CAPABILITY,
+# OPENBLAS_CORETYPE, FAISS_OPT_LEVEL): the same float32 sums come out in different orders, so results
+# agree only up to rounding. These bounds say how far, from the arithmetic, not from one machine.
+U32 = float(np.finfo(np.float32).eps) / 2  # unit roundoff of float32
+
+
+def dot_slack(terms: int, scale: float) -> float:
+    """Worst-case rounding of a float32 dot product of `terms` products whose absolute values sum to at
+    most `scale` (Higham's gamma_n = n u / (1 - n u) bound); two code paths may each be off by this."""
+    return terms * U32 / (1 - terms * U32) * scale
+
+
+def angular_slack(dim: int) -> float:
+    """How far from 0 the angular distance sqrt(2 - 2 cos) of a vector to itself can come out in float32:
+    cos is a dot product of two unit vectors of `dim` entries, off by at most dot_slack(dim, 1) (twice,
+    for the normalisations), and the square root magnifies that."""
+    return float(np.sqrt(2 * 3 * dot_slack(dim, 1.0)))

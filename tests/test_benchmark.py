@@ -7,6 +7,8 @@ import pytest
 
 from conftest import OFFLINE, ROOT, write_collection
 
+pytestmark = pytest.mark.numeric  # recall of approximate search against BLAS-computed exact neighbours
+
 
 def test_quick_benchmark_produces_every_figure(tmp_path, checkpoint):
     data = write_collection(tmp_path / "data", per_class=30)

@@ -11,6 +11,8 @@ from imgsearch.evaluate import (average_precision, exact_knn, figures, per_class
 
 from conftest import ROOT, write_collection
 
+pytestmark = pytest.mark.numeric  # retrieval figures computed from BLAS products
+
 
 def test_relevance_compares_with_the_query_class():
     db_labels = np.array([0, 1, 1, 2])

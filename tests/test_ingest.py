@@ -11,6 +11,8 @@ import pytest
 from PIL import Image
 
 from conftest import make_image, write_collection
+
+pytestmark = pytest.mark.numeric  # codes encoded in batches, processes and threads
 from imgsearch import layout
 from imgsearch.data import load_folder
 from imgsearch.index import BuildBusyError, IndexLoadError, assemble, build_lock, build_index, read_meta, resolve

@@ -9,6 +9,8 @@ from imgsearch.model import (CheckpointError, ConvAutoEncoder, ModelArgs, encode
                              reconstruct, save_checkpoint)
 from imgsearch.train import TrainArgs, augment, info_nce, train
 
+pytestmark = pytest.mark.numeric  # what torch's kernels compute
+
 
 def test_shapes_and_no_nan():
     m = ConvAutoEncoder(ModelArgs(width=8))

@@ -9,6 +9,8 @@ import imgsearch.train as tr
 from imgsearch.model import ConvAutoEncoder, ModelArgs, load_checkpoint
 from imgsearch.train import TrainArgs, preset, state_path, train
 
+pytestmark = pytest.mark.numeric  # losses and codes that torch's kernels compute
+
 TINY = ModelArgs(width=4, code_dim=16, proj_dim=8)
 
 
