@@ -1,7 +1,7 @@
 """Milvus beside Annoy and the local bits: build time, latency and recall on a built index (docs/scale.md).
 
-    /work/bin/quietly .venv/bin/python scripts/benchmark_milvus.py --index data/index --json docs/scale.json
-    /work/bin/quietly .venv/bin/python scripts/benchmark_milvus.py --ray-images 10000 --json docs/scale_ray.json
+    .venv/bin/python scripts/benchmark_milvus.py --index data/index --json docs/scale.json
+    .venv/bin/python scripts/benchmark_milvus.py --ray-images 10000 --json docs/scale_ray.json
 
 Reads the index's codes (the live Annoy-backed build is not touched), writes the code and bits
 spaces into Milvus collections (a Milvus standalone server: the embedded `milvus` package started
@@ -26,6 +26,7 @@ from milvus_server import start_server  # scripts/ is on the path when this file
 
 from imgsearch.benchmark import ExactCodeSearch, percentiles, realistic_codes, recall_at, timed
 from imgsearch.index import DEFAULT_INDEX, build_index, resolve
+from imgsearch.report import write_json
 from imgsearch.search import Index
 from imgsearch.spaces import BuildInput, LoadInput
 from imgsearch.spaces.bits import BitsSpace
@@ -165,10 +166,9 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the figures to this file")
     a = p.parse_args(argv)
     report = ray_benchmark(a.ray_images, Path(a.model)) if a.ray_images else milvus_benchmark(Path(a.index), a.queries, a.uri)
-    text = json.dumps(report, indent=1)
-    print(text)
+    print(json.dumps(report, indent=1))
     if a.json:
-        Path(a.json).write_text(text + "\n")
+        write_json(a.json, report)
     return 0
 
 

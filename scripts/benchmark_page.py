@@ -1,6 +1,6 @@
 """How long a person waits for the page: the Streamlit app over an index, driven in headless Chromium.
 
-    /work/bin/quietly .venv/bin/python scripts/benchmark_page.py --index /tmp/page-index --json docs/page.json
+    .venv/bin/python scripts/benchmark_page.py --index /tmp/page-index --json docs/page.json
 
 Starts the server on a free port of 127.0.0.1, then measures, each time from the action until the page
 has answered it (the script ran and is idle again, nothing is stale, every picture has loaded):
@@ -23,6 +23,8 @@ import numpy as np
 from PIL import Image
 
 from pagekit import ROOT, answer, caption_changed, far_neighbour, launch, query_caption, serve
+
+from imgsearch.report import write_json
 
 UPLOADS = ROOT.parent / "shared" / "datasets" / "cifar10-jpg" / "test"  # queries the index has not seen
 UPLOADER = '[data-testid="stFileUploader"]'
@@ -262,7 +264,7 @@ def main(argv=None) -> int:
         result["failed"] = f"{type(e).__name__}: {str(e)[:300]}"
     result["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     print(json.dumps({k: v for k, v in result.items() if not k.endswith("_all_s")}, indent=2))
     if "failed" in result:
         print("stopped early:", result["failed"])

@@ -1,6 +1,6 @@
 """Several people at once: headless Chromium pages clicking "Random" while the index is rebuilt and swapped.
 
-    /work/bin/quietly .venv/bin/python scripts/load_page.py --index /tmp/load-index --json docs/load.json
+    .venv/bin/python scripts/load_page.py --index /tmp/load-index --json docs/load.json
 
 Serves the page over --index on 127.0.0.1 (a free port), opens --sessions pages (each its own Streamlit
 session), and has each click "Random" and wait until the page has answered, again and again, for
@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from pagekit import BROWSER_ARGS, CHROMIUM, ROOT, serve
+
+from imgsearch.report import write_json
 
 # 1,000 images (one class folder, so the rebuilt collection has no labels): its build fits well inside a
 # 60-s run beside six pages (the whole 10,000-image test split took 65 s there, longer than the run).
@@ -203,7 +205,7 @@ def main(argv=None) -> int:
     result["app"] = args.app
     result["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     print(json.dumps(result, indent=2))
     return 1 if result["errors"] else 0
 
