@@ -20,7 +20,6 @@ from tqdm import tqdm
 from .images import ImageError, to_pixels
 
 DATA_DIR = Path(os.environ.get("IMGSEARCH_DATA_DIR", "data"))  # downloads and built artifacts
-OFFLINE_HINT = "../shared/datasets/cifar10-jpg/train"  # where this project's offline copy lives
 
 
 class CollectionError(RuntimeError):
@@ -94,7 +93,7 @@ def _cifar10_failure(e: Exception, root) -> str:
     # torchvision reports a download cut short as a file "not found or corrupted"
     if isinstance(e, _NETWORK_ERRORS) or (isinstance(e, RuntimeError) and "corrupted" in str(e)):
         return (f"CIFAR-10 could not be downloaded into {root}/ ({type(e).__name__}); without a network, "
-                f"point --data at a local folder of images instead, e.g. --data {OFFLINE_HINT}.")
+                f"point --data at a local folder of images instead.")
     if isinstance(e, OSError):  # disk full, no permission, read-only file system, ...
         return (f"CIFAR-10 could not be stored in {root}/ ({e.strerror or e}); free some space there, or set "
                 f"IMGSEARCH_DATA_DIR to a writable folder with 350 MB free.")
@@ -119,8 +118,7 @@ def list_folder(root: str | os.PathLike) -> FolderListing:
     """
     root = Path(root)
     if not root.is_dir():
-        raise CollectionError(f"{root} is not a folder; use --data cifar10 or a folder of images "
-                              f"(offline: --data {OFFLINE_HINT}).")
+        raise CollectionError(f"{root} is not a folder; use --data cifar10 or a folder of images.")
     base = str(root.resolve())
     paths, stats, tops = [], [], []
     for dirpath, dirnames, filenames in os.walk(base):

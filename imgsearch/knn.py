@@ -24,7 +24,8 @@ class BruteForce:
     """Every query against every row. `angular` is Annoy's: sqrt(2 - 2 cos)."""
 
     def __init__(self, db: np.ndarray, metric: str = "euclidean"):
-        assert metric in METRICS, f"metric must be one of {METRICS}, not {metric!r}"
+        if metric not in METRICS:
+            raise ValueError(f"The metric is one of {', '.join(METRICS)}, not {metric!r}.")
         self.metric = metric
         db = np.require(db, np.float32, ["C"])
         with warnings.catch_warnings():  # a read-only memory map is shared, not copied: nothing here writes to it

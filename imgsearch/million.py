@@ -16,12 +16,12 @@ import numpy as np
 from PIL import Image, ImageEnhance
 from tqdm import tqdm
 
-from .data import OFFLINE_HINT
-
 ITEMS = 1_000_000
 PER_FOLDER = 1000  # files per leaf folder
 JPEG_QUALITY = 90  # the offline copy's own files are JPEGs of about this quality
 MARKER = ".complete"
+# The source images: the offline CIFAR-10 copy beside the repository (../shared/datasets/README.md).
+OFFLINE_TRAIN = str(Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "cifar10-jpg" / "train")
 CODE_SWEEP_SEARCH_KS = (8_000, 10_000, 13_000, 16_000)  # Annoy's trees: around the shipped SEARCH_K, where recall@10 crosses 0.98
 CODE_SWEEP_PROBES = (32, 48, 64, 96)  # the lists: around the shipped PROBES
 
@@ -68,7 +68,7 @@ def source_images(source: str | os.PathLike) -> tuple[list[str], list[str]]:
     return [str(f) for _, _, f in turns], [c for _, c, _ in turns]
 
 
-def write_million(out: str | os.PathLike, items: int = ITEMS, source: str | os.PathLike = OFFLINE_HINT,
+def write_million(out: str | os.PathLike, items: int = ITEMS, source: str | os.PathLike = OFFLINE_TRAIN,
                   workers: int | None = None, progress: bool = True) -> Path:
     """Write the collection into `out` unless a finished one is there; returns `out`.
 
@@ -157,7 +157,7 @@ def run_build(args: list[str], *, kill_when=None) -> dict:
     return {"seconds": time.perf_counter() - t, "peak_rss_mb": peak, "peak_anon_mb": peak_anon, "killed": killed}
 
 
-def add_images(collection: Path, first: int, count: int, source: str | os.PathLike = OFFLINE_HINT) -> list[Path]:
+def add_images(collection: Path, first: int, count: int, source: str | os.PathLike = OFFLINE_TRAIN) -> list[Path]:
     """Write `count` more views (items first..first+count-1) into <class>/added/ folders; returns the folders."""
     files, classes = source_images(source)
     _init(files)
@@ -194,7 +194,8 @@ def benchmark_million(collection: str | os.PathLike, model: str | os.PathLike, w
     from .spaces.base import Query
     from .spaces.ivf import IvfCodeSpace
 
-    assert only is None or set(only) <= set(PHASES), f"phases are {', '.join(PHASES)}"
+    if only is not None and not set(only) <= set(PHASES):
+        raise ValueError(f"The phases are {', '.join(PHASES)}.")
     collection = write_million(collection, items)
     work.mkdir(parents=True, exist_ok=True)
     out, resumed_out = work / "million-index", work / "million-resumed"
@@ -261,7 +262,7 @@ def benchmark_million(collection: str | os.PathLike, model: str | os.PathLike, w
             t = time.perf_counter()
             index = Index.load(out)
             figures = {"load_seconds": round(time.perf_counter() - t, 2)}
-            test_files, _ = source_images(Path(OFFLINE_HINT).parent / "test")
+            test_files, _ = source_images(Path(OFFLINE_TRAIN).parent / "test")
             rng = np.random.default_rng(0)
             uploads = [Path(test_files[i]).read_bytes() for i in rng.choice(len(test_files), queries, replace=False)]
             query_list = [Query(index.query_pixels(io.BytesIO(u))[0], index.encode) for u in uploads]

@@ -130,7 +130,8 @@ def ray_batches(address: str | None = None, *, encoders: int | None = None):
                                fn_constructor_kwargs={"model_args": model.args.__dict__, "state_dict": state}))
             for want, row in zip(todo, ds.iter_rows()):
                 b = int(row["batch"])
-                assert b == want, f"Ray returned batch {b} where batch {want} was due"
+                if b != want:
+                    raise RayError(f"Ray returned batch {b} where batch {want} was due.")
                 ok = np.asarray(row["ok"], dtype=bool)
                 px = np.asarray(row["pixels"], dtype=np.uint8).reshape(-1, 32, 32, 3)
                 codes = np.asarray(row["codes"], dtype=np.float32).reshape(len(px), -1)

@@ -101,14 +101,16 @@ class NpyWriter:
 
     def write(self, block: np.ndarray) -> None:
         block = np.ascontiguousarray(block, dtype=self.dtype)
-        assert block.shape[1:] == self.shape[1:], (block.shape, self.shape)
+        if block.shape[1:] != self.shape[1:]:
+            raise ValueError(f"{self.name}: a block of rows shaped {block.shape[1:]} into rows shaped {self.shape[1:]}")
         self.f.write(block.data)
         self.rows += len(block)
 
     def close(self) -> None:
         if self.owns_file:
             self.f.close()
-        assert self.rows == self.shape[0], f"{self.name}: {self.rows} rows written, {self.shape[0]} declared"
+        if self.rows != self.shape[0]:
+            raise ValueError(f"{self.name}: {self.rows} rows written, {self.shape[0]} declared")
 
 
 class NpzWriter:
