@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tokenize
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,11 @@ from .images import PREPROCESSING, to_pixels
 from .index import DEFAULT_INDEX, IndexLoadError, read_meta, resolve, verify_checksums
 from .model import CheckpointError, encode_pixels, load_checkpoint, reconstruct
 from .spaces import DEFAULT_SPACES, SPACES, LoadInput, Query, Space, SpaceError, SpaceUnavailable
+
+
+# What numpy and json raise on a damaged file (a .npy header that does not parse raises tokenize's or the
+# parser's errors, not ValueError): the answer to each is one sentence, while anything else is a bug.
+DAMAGED = (OSError, ValueError, SyntaxError, EOFError, tokenize.TokenError)
 
 
 @dataclass
@@ -100,55 +106,10 @@ class Index:
                                  f"this version uses {PREPROCESSING['size']}px: rebuild it.")
         # Before any file is parsed: Annoy trusts its file and can crash the process on damaged bytes.
         verify_checksums(path, meta, index_dir)
-        try:
-            # Memory-mapped: at a million items the stores are 4 GB, shared by every process that serves them.
-            codes = np.load(path / layout.CODES, mmap_mode="r")
-            pixels = np.load(path / layout.PIXELS, mmap_mode="r")
-            labels = np.load(path / layout.LABELS)
-            paths = json.loads((path / layout.PATHS).read_text())
-        except Exception as e:  # noqa: BLE001 - whatever a damaged file raises, the answer is one sentence
-            raise IndexLoadError(f"A file of the index at {index_dir} is missing or corrupt ({type(e).__name__}); "
-                                 "rebuild it.") from None
-        for name, shape, want in ((layout.CODES, codes.shape, (n, dim)), (layout.PIXELS, pixels.shape, (n, 32, 32, 3)),
-                                  (layout.LABELS, labels.shape, (n,)),
-                                  (layout.PATHS, (len(paths),) if isinstance(paths, list) else (), (n,))):
-            if tuple(shape) != want:
-                raise IndexLoadError(f"{name} in {index_dir} has shape {tuple(shape)}, meta.json says {want}: rebuild it.")
-        for name, array, kind in ((layout.CODES, codes, "f"), (layout.PIXELS, pixels, "u"), (layout.LABELS, labels, "i")):
-            if array.dtype.kind != kind:
-                raise IndexLoadError(f"{name} in {index_dir} holds {array.dtype} values: rebuild it.")
-        if n and not -1 <= int(labels.min()) <= int(labels.max()) < len(meta["classes"]):
-            raise IndexLoadError(f"{layout.LABELS} in {index_dir} has labels outside the {len(meta['classes'])} "
-                                 "classes meta.json names: rebuild it.")
-        if not all(p is None or isinstance(p, str) for p in paths):
-            raise IndexLoadError(f"{layout.PATHS} in {index_dir} holds entries that are neither a path nor null: rebuild it.")
-        shared = LoadInput(path, n, pixels, codes)
-        spaces = {}
-        for name, section in meta["spaces"].items():
-            if name not in SPACES:
-                continue  # a space this version does not know (a plug-in not registered here): the others still serve
-            try:
-                spaces[name] = SPACES[name].load(shared, section)
-            except SpaceUnavailable as e:  # a server down is not a damaged index: rebuilding would not help
-                raise IndexLoadError(f"The {name} space of the index at {index_dir} cannot be reached: {e}; "
-                                     "try again when it is back.") from None
-            except SpaceError as e:
-                raise IndexLoadError(f"The {name} space of the index at {index_dir} is unusable: {e}; rebuild it.") from None
-            except Exception as e:  # noqa: BLE001 - a plug-in space's loader may raise anything on odd files
-                raise IndexLoadError(f"The {name} space of the index at {index_dir} is unusable ({type(e).__name__}); "
-                                     "rebuild it.") from None
-        index = cls(path, meta, model, info, codes, pixels, labels, paths, spaces)
-        for space in ("code", "pixel"):
-            name = layout.map_file(space)
-            if name not in meta["checksums"]:
-                continue  # built without maps (--no-maps); a map file nobody recorded is not trusted
-            try:
-                xy = np.load(path / name)
-            except Exception as e:  # noqa: BLE001 - a damaged header raises tokenize errors, not only ValueError
-                raise IndexLoadError(f"{name} in {index_dir} is unreadable ({type(e).__name__}): rebuild it.") from None
-            if xy.shape != (n, 2):
-                raise IndexLoadError(f"{name} in {index_dir} has shape {xy.shape}, expected {(n, 2)}: rebuild it.")
-            index.maps[space] = xy
+        codes, pixels, labels, paths = _stores(path, meta, index_dir)
+        index = cls(path, meta, model, info, codes, pixels, labels, paths,
+                    _spaces(LoadInput(path, n, pixels, codes), meta, index_dir))
+        index.maps = _maps(path, meta, index_dir)
         return index
 
     # ---- queries ---------------------------------------------------------------------------
@@ -223,3 +184,64 @@ class Index:
 
     def thumbnail(self, i: int) -> np.ndarray:
         return self.pixels[i]
+
+
+def _stores(path: Path, meta: dict, index_dir) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+    """The per-item files every space shares, checked against meta.json's item count and classes."""
+    n, dim = meta["items"], meta["code_dim"]
+    try:
+        # Memory-mapped: at a million items the stores are 4 GB, shared by every process that serves them.
+        codes = np.load(path / layout.CODES, mmap_mode="r")
+        pixels = np.load(path / layout.PIXELS, mmap_mode="r")
+        labels = np.load(path / layout.LABELS)
+        paths = json.loads((path / layout.PATHS).read_text())
+    except DAMAGED as e:
+        raise IndexLoadError(f"A file of the index at {index_dir} is missing or corrupt ({type(e).__name__}); "
+                             "rebuild it.") from None
+    for name, shape, want in ((layout.CODES, codes.shape, (n, dim)), (layout.PIXELS, pixels.shape, (n, 32, 32, 3)),
+                              (layout.LABELS, labels.shape, (n,)),
+                              (layout.PATHS, (len(paths),) if isinstance(paths, list) else (), (n,))):
+        if tuple(shape) != want:
+            raise IndexLoadError(f"{name} in {index_dir} has shape {tuple(shape)}, meta.json says {want}: rebuild it.")
+    for name, array, kind in ((layout.CODES, codes, "f"), (layout.PIXELS, pixels, "u"), (layout.LABELS, labels, "i")):
+        if array.dtype.kind != kind:
+            raise IndexLoadError(f"{name} in {index_dir} holds {array.dtype} values: rebuild it.")
+    if n and not -1 <= int(labels.min()) <= int(labels.max()) < len(meta["classes"]):
+        raise IndexLoadError(f"{layout.LABELS} in {index_dir} has labels outside the {len(meta['classes'])} "
+                             "classes meta.json names: rebuild it.")
+    if not all(p is None or isinstance(p, str) for p in paths):
+        raise IndexLoadError(f"{layout.PATHS} in {index_dir} holds entries that are neither a path nor null: rebuild it.")
+    return codes, pixels, labels, paths
+
+
+def _spaces(shared: LoadInput, meta: dict, index_dir) -> dict[str, Space]:
+    """Every space meta.json lists and this version knows, loaded; a space it does not know is left out."""
+    spaces = {}
+    for name, section in meta["spaces"].items():
+        if name not in SPACES:
+            continue  # a space this version does not know (a plug-in not registered here): the others still serve
+        try:
+            spaces[name] = SPACES[name].load(shared, section)
+        except SpaceUnavailable as e:  # a server down is not a damaged index: rebuilding would not help
+            raise IndexLoadError(f"The {name} space of the index at {index_dir} cannot be reached: {e}; "
+                                 "try again when it is back.") from None
+        except (SpaceError, OSError, ValueError) as e:  # its files or settings; anything else is a bug, and shows
+            raise IndexLoadError(f"The {name} space of the index at {index_dir} is unusable: {e}; rebuild it.") from None
+    return spaces
+
+
+def _maps(path: Path, meta: dict, index_dir) -> dict[str, np.ndarray]:
+    """The build's 2-D maps of code and pixel space ("code"/"pixel" -> (N, 2)); none when built without."""
+    maps = {}
+    for space in ("code", "pixel"):
+        name = layout.map_file(space)
+        if name not in meta["checksums"]:
+            continue  # built without maps (--no-maps); a map file nobody recorded is not trusted
+        try:
+            xy = np.load(path / name)
+        except DAMAGED as e:
+            raise IndexLoadError(f"{name} in {index_dir} is unreadable ({type(e).__name__}): rebuild it.") from None
+        if xy.shape != (meta["items"], 2):
+            raise IndexLoadError(f"{name} in {index_dir} has shape {xy.shape}, expected {(meta['items'], 2)}: rebuild it.")
+        maps[space] = xy
+    return maps
