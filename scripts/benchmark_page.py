@@ -105,6 +105,22 @@ def steps(page, url, browser, out, files, *, actions, visits, screenshots, k) ->
     received = [0]
     page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: received.__setitem__(
         0, received[0] + len(payload))))
+    visits_step(page, url, browser, out, visits)
+    search_step(page, out, files, actions, k)
+    if screenshots:
+        shoot(page, screenshots, "search")
+    map_step(page, out, received, actions)
+    if screenshots:
+        shoot(page, screenshots, "map")
+    out["quality_ready_s"] = answer(page, lambda: page.get_by_test_id("stSidebar")
+                                    .get_by_text("Quality", exact=True).click(), until=QUALITY_DRAWN, timeout=180)
+    if screenshots:
+        shoot(page, screenshots, "quality")
+
+
+def visits_step(page, url, browser, out, visits: int) -> None:
+    """The cold start, then later visits: a new tab of the same browser (its cache holds the page's scripts,
+    as a person coming back has them), and a new visitor's empty browser."""
     started = time.perf_counter()
     page.goto(url)
     page.locator(UPLOADER).wait_for(timeout=120_000)
@@ -114,9 +130,6 @@ def steps(page, url, browser, out, files, *, actions, visits, screenshots, k) ->
     # A later visit comes later: the first page has finished its run and every request it made.
     page.wait_for_function(IDLE, timeout=120_000)
     page.wait_for_load_state("networkidle")
-
-    # Later visits: a new tab of the same browser (its cache holds the page's scripts, as a person coming
-    # back has them), and a new visitor's empty browser.
     later, fresh = [], []
     for _ in range(visits):
         other = page.context.new_page()
@@ -137,11 +150,15 @@ def steps(page, url, browser, out, files, *, actions, visits, screenshots, k) ->
     out["new_visitor_s"] = statistics.median(fresh)
     out["new_visitor_all_s"] = fresh
 
+
+def search_step(page, out, files, actions: int, k: int) -> None:
+    """Uploads, "Random" and "More like this", each timed until the new results are painted."""
     uploads, seen = [], []
     for f in files:
         uploads.append(answer(page, lambda: page.locator("input[type=file]").set_input_files(str(f)),
                               until=caption_changed(query_caption(page))))
-        assert query_caption(page) == f"Upload: {f.name}", query_caption(page)
+        if query_caption(page) != f"Upload: {f.name}":
+            raise SystemExit(f"the upload of {f.name} showed {query_caption(page)!r}")
         seen.append(pictures(page))
     randoms = []
     for _ in range(actions):
@@ -160,16 +177,17 @@ def steps(page, url, browser, out, files, *, actions, visits, screenshots, k) ->
     for name, xs in (("upload", uploads), ("random", randoms), ("more_like_this", mores)):
         s = stats(xs)
         out[f"{name}_p50_s"], out[f"{name}_p95_s"], out[f"{name}_n"] = s["p50"], s["p95"], s["n"]
-    if screenshots:
-        shoot(page, screenshots, "search")
 
+
+def map_step(page, out, received: list, actions: int) -> None:
+    """The Map view: ready time and bytes, then hovers and clicks on a code-space neighbour."""
     received[0] = 0
     out["map_ready_s"] = answer(page, lambda: page.get_by_test_id("stSidebar").get_by_text("Map", exact=True)
                                 .click(), until=drawn(2), timeout=180)
     page.wait_for_timeout(300)  # frames still in flight count toward this render
     out["map_view_bytes"] = received[0]
     clicks, click_bytes, hovers, on_target = [], [], 0, 0
-    for i in range(min(actions, 5)):
+    for _ in range(min(actions, 5)):
         point = far_neighbour(page)
         if point is None:
             raise SystemExit("no neighbour drawn in the code-space map")
@@ -193,13 +211,6 @@ def steps(page, url, browser, out, files, *, actions, visits, screenshots, k) ->
     out["map_bytes"] = int(max(out["map_view_bytes"], out["map_click_bytes"]))
     out["map_hover_pictures"] = f"{hovers}/{len(clicks)}"  # hovers on a neighbour that showed its picture
     out["map_clicks_on_target"] = f"{on_target}/{len(clicks)}"  # clicks whose new query is that neighbour
-    if screenshots:
-        shoot(page, screenshots, "map")
-
-    out["quality_ready_s"] = answer(page, lambda: page.get_by_test_id("stSidebar")
-                                    .get_by_text("Quality", exact=True).click(), until=QUALITY_DRAWN, timeout=180)
-    if screenshots:
-        shoot(page, screenshots, "quality")
 
 
 def shoot(page, folder: Path, view: str) -> None:
