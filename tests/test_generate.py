@@ -19,9 +19,11 @@ F32 = np.finfo(np.float32).eps
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory, collection):
-    """The test collection's index by the tiny model with its code's batch-norm statistics set from the
-    collection, as training sets them: an untrained model's codes are near one another (cosine ~0.95,
-    length ~0.2), so its decoder draws every step in nearly the same grey."""
+    """The test collection's index by the tiny model made to act a little like a trained one. Untrained,
+    its codes lie near one another (cosine ~0.95, length ~0.2) and its decoder barely responds to its
+    input: every step comes out the same grey, one level apart at most. So the code's batch-norm gets
+    the collection's statistics (as training sets them), and the decoder's first layer 16x its weights
+    (adjacent steps of the test below then differ by 8 to 12 levels somewhere)."""
     import torch
 
     from imgsearch.index import build_index
@@ -33,6 +35,7 @@ def index(tmp_path_factory, collection):
         before = model.encoder[:-1](pixels_to_tensor(collection.pixels))
         model.encoder[-1].running_mean.copy_(before.mean(0))
         model.encoder[-1].running_var.copy_(before.var(0))
+        model.decoder_in[0].weight.mul_(16)
     save_checkpoint(model, path, trained_on=info["trained_on"], losses={}, train_args={})
     out = path.parent / "index"
     build_index(collection, path, out, spaces=["code"], maps=False, progress=False)
@@ -45,15 +48,16 @@ def index(tmp_path_factory, collection):
 def test_slerp_turns_the_direction_evenly_and_changes_the_length_linearly():
     codes = slerp([1.0, 0.0], [0.0, 2.0], 3)
     half = 1.5 / np.sqrt(2)  # halfway: 45 degrees, length (1 + 2) / 2
-    np.testing.assert_allclose(codes, [[1, 0], [half, half], [0, 2]], rtol=0, atol=4 * np.finfo(np.float64).eps)
+    np.testing.assert_allclose(codes, [[1, 0], [half, half], [0, 2]], rtol=0, atol=1e-12)
     codes = slerp([3.0, 0.0, 0.0], [0.0, 0.0, -3.0], 7)
     np.testing.assert_allclose(np.linalg.norm(codes, axis=1), 3.0, rtol=1e-12)
     turns = np.arccos(np.clip(np.sum(codes[:-1] * codes[1:], axis=1) / 9.0, -1, 1))
     np.testing.assert_allclose(turns, np.pi / 2 / 6, rtol=1e-6)  # a quarter turn in six equal steps
 
 
+@pytest.mark.numeric
 def test_slerp_of_one_direction_changes_only_the_length_and_refuses_what_it_cannot_do():
-    assert slerp([1.0, 1.0], [2.0, 2.0], 3).tolist() == [[1, 1], [1.5, 1.5], [2, 2]]
+    np.testing.assert_allclose(slerp([1.0, 1.0], [2.0, 2.0], 3), [[1, 1], [1.5, 1.5], [2, 2]], rtol=1e-12)
     for a, b, steps, words in (([1.0, 0.0], [-1.0, 0.0], 8, "opposite"), ([0.0, 0.0], [1.0, 0.0], 8, "length zero"),
                                ([1.0, 0.0], [0.0, 1.0], 1, "between 2 and 64")):
         with pytest.raises(ValueError, match=words):
@@ -78,14 +82,17 @@ def test_interpolation_ends_decode_to_the_ends_reconstructions(index):
         assert np.abs(got.astype(int) - index.reconstruct(pixels).astype(int)).max() <= 1
 
 
+@pytest.mark.numeric
 def test_interpolation_steps_are_distinct_images_with_their_nearest_items(index):
     pixels = index.interpolate(3, 45)  # a blue item and a red one
     assert pixels.shape == (8, 32, 32, 3) and pixels.dtype == np.uint8
-    assert len({p.tobytes() for p in pixels}) == 8
+    steps = pixels.astype(int)
+    assert all(np.abs(steps[i] - steps[i + 1]).max() >= 4 for i in range(7))  # distinct, by more than rounding
     result = index.between(3, 45, steps=5)
     assert result.pixels.shape == (5, 32, 32, 3) and result.nearest.shape == (5,) and result.nearest.dtype == np.int64
     assert result.nearest[0] == 3 and result.nearest[-1] == 45  # each end is nearest itself
-    assert result.distances[0] <= 1e-3 and result.distances[-1] <= 1e-3 and np.all(result.distances >= 0)
+    # An item's angular distance to itself: sqrt(2 - 2 cos), cos off 1 by float32 rounding of a 64-d dot product.
+    assert np.all(result.distances[[0, -1]] <= np.sqrt(2 * 64 * F32)) and np.all(result.distances >= 0)
 
 
 def test_interpolation_takes_every_kind_of_query_and_says_what_is_wrong(index, tmp_path):
@@ -119,12 +126,15 @@ def test_direction_codes_move_the_mean_along_the_top_directions_by_their_spread(
     np.testing.assert_allclose(moved, [[[2, 0], [2 + np.sqrt(2), 0]]], rtol=0, atol=1e-5)
 
 
+@pytest.mark.numeric
 def test_the_direction_grid_of_a_class(index):
     from imgsearch.generate import direction_grid
 
     grid = direction_grid(index.model, index.codes, index.items_of("green"))
     assert grid.pixels.shape == (3, 5, 32, 32, 3) and grid.pixels.dtype == np.uint8 and grid.spreads == (-2, -1, 0, 1, 2)
-    assert all(np.array_equal(grid.pixels[d, 2], grid.pixels[0, 2]) for d in range(3))  # the middle: the mean code
+    np.testing.assert_array_equal(grid.codes[:, 2], grid.codes[[0, 0, 0], 2])  # the middle column: the mean code
+    # decoded in one batch, where a row's place may change its float rounding: at most a level apart
+    assert all(np.abs(grid.pixels[d, 2].astype(int) - grid.pixels[0, 2]).max() <= 1 for d in range(3))
     assert np.all(np.diff(grid.explained) <= 0) and grid.explained.sum() <= 1
 
 
