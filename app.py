@@ -434,7 +434,7 @@ def map_view(index: Index) -> None:
 
     if not index.maps:
         st.info("This index has no 2-D maps: rebuild it with scripts/build_index.py (without --no-maps).")
-        return
+        return directions_ui(index)
     shown = min(len(index), MAP_POINTS)
     st.markdown(f"Each dot is an image, placed by a 2-D map of its code (left) or its pixels (right): "
                 + (f"a fixed sample of {shown:,} of the {len(index):,} images. " if shown < len(index) else "")

@@ -10,6 +10,7 @@ from PIL import Image
 
 from conftest import ROOT, make_image, tiny_checkpoint
 from test_app import app, captions, png  # noqa: F401 - the page under AppTest, its picture captions, a PNG
+from test_hardening_app import swapped  # noqa: F401 - a page whose index is swapped under it
 
 from imgsearch.generate import direction_codes, slerp, strip
 from imgsearch.search import Index
@@ -212,3 +213,16 @@ def test_between_starts_from_an_upload_too(app):  # noqa: F811
     assert not app.exception
     assert [c for c in captions(app) if c.startswith("step ")] == [f"step {i}" for i in range(1, 9)]
     assert any("Between the query and pixel space result #1" in m.value for m in app.markdown)
+
+
+def test_between_from_before_a_swap_does_not_raise_and_the_directions_need_no_maps(swapped):
+    at, swap = swapped
+    at.number_input(key="item_number").set_value(50).run()
+    swap()
+    at.button_group(key="between_code").set_value(0).run()  # the callback holds an id of the 60-item index
+    assert not at.exception, at.exception
+    assert any("The collection changed" in i.value for i in at.info)
+    assert not [c for c in captions(at) if c.startswith("step ")]
+    at.radio(key="view").set_value("Map").run()  # this index was built without maps
+    assert not at.exception and any("no 2-D maps" in i.value for i in at.info)
+    assert captions(at)[-5:] == ["−2σ", "−1σ", "mean", "+1σ", "+2σ"]
