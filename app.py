@@ -33,7 +33,7 @@ INDEX_DIR = os.environ.get("IMGSEARCH_INDEX", str(DATA_DIR / "index"))  # index.
 BUILD_ROOT = os.environ.get("IMGSEARCH_BUILD_ROOT") or None  # unset: the page cannot build
 # Session keys that hold item ids, classes or space names of one build: cleared when the index is swapped.
 INDEX_STATE = ("query", "item_number", "pick_class", "spaces", "map_code", "map_pixel", "quality_class",
-               "quality_first", "quality_second")
+               "quality_first", "quality_second", "between", "directions_class")
 ABSOLUTE_PATH = re.compile(r"(?<![\w.~/-])/[^\s`'\"()\[\]{},;]*")
 VIEWS = ("Search", "Map", "Quality")
 MAX_COLUMNS = 4  # spaces side by side; more would shrink each grid below a readable size
@@ -302,6 +302,69 @@ def results_ui(index: Index, results, spaces: list[str], query_label: str | None
         hits = results.hits[space]
         col.pills(f"More like this: {index.spaces[space].title.lower()} result", list(range(len(hits))), key=f"more_{space}",
                   format_func=lambda r: f"#{r + 1}", on_change=more_like, args=(space, [h.id for h in hits]))
+    between_ui(index, results, spaces)
+
+
+def query_key():
+    """What tells one query from the next: an item id, or the upload's file id."""
+    query = st.session_state.get("query")
+    return getattr(st.session_state.get("upload"), "file_id", None) if query == "upload" else query
+
+
+def ask_between(space: str, ids: list[int], of) -> None:
+    """A "between" pill: remember which result, for this query; the pill is released for the next click."""
+    rank = st.session_state.get(f"between_{space}")
+    st.session_state[f"between_{space}"] = None
+    if rank is not None:
+        st.session_state.between = {"of": of, "space": space, "rank": rank, "item": ids[rank]}
+
+
+def between_ui(index: Index, results, spaces: list[str]) -> None:
+    """Per space, "Between" pills; under them the decoder's images on the way from the query's code to the
+    picked result's, with the nearest real item of each step beneath."""
+    for col, space in zip(st.columns(len(spaces), gap="large"), spaces):
+        hits = results.hits[space]
+        col.pills(f"Between the query and a {index.spaces[space].title.lower()} result", list(range(len(hits))),
+                  key=f"between_{space}", format_func=lambda r: f"#{r + 1}", on_change=ask_between,
+                  args=(space, [h.id for h in hits], query_key()))
+    asked = st.session_state.get("between")
+    if not asked or asked["of"] != query_key() or asked["space"] not in index.spaces:
+        return
+    from imgsearch.explore import groups_html
+
+    start = results.query_id if results.query_id is not None else results.query_pixels
+    result = index.between(start, asked["item"])
+    st.markdown(f"**Between the query and {index.spaces[asked['space']].title.lower()} result #{asked['rank'] + 1}**: "
+                f"the decoder's images of {len(result.pixels)} codes on the way from one code to the other (the ends "
+                "are their reconstructions); beneath each, the nearest real image in code space.")
+    st.html(groups_html([[(p, f"step {i + 1}", 72), (index.thumbnail(n), f"item {n} · {index.label(n) or 'unlabelled'}", 72)]
+                         for i, (p, n) in enumerate(zip(result.pixels, result.nearest.tolist()))]))
+
+
+@st.cache_data(show_spinner="Decoding along code space's main directions…", max_entries=16)
+def class_directions(build_dir: str, label: str | None):
+    from imgsearch.generate import direction_grid
+
+    index = load_index(build_dir)
+    members = index.items_of(label) if label is not None else np.arange(len(index))
+    return direction_grid(index.model, index.codes, members)
+
+
+def directions_ui(index: Index) -> None:
+    """A class's mean code, decoded, and moved along the top principal directions of code space."""
+    from imgsearch.explore import pictures_html
+
+    st.subheader("What a code direction means")
+    label = st.selectbox("Class", [*index.classes, None], key="directions_class",
+                         format_func=lambda c: "all images" if c is None else c)
+    grid = class_directions(str(index.path), label)
+    st.markdown(f"The decoder's image of the mean code of **{label or 'all images'}** (middle column), and of that "
+                "code moved one and two standard deviations along each of the top principal directions of the "
+                "collection's codes (one row each): what each direction changes in an image.")
+    names = ["mean" if s == 0 else f"{s:+.0f}σ".replace("-", "−") for s in grid.spreads]
+    for d, row in enumerate(grid.pixels):
+        st.caption(f"Direction {d + 1}: {grid.explained[d]:.1%} of the codes' variance")
+        st.html(pictures_html([(p, n, 96) for p, n in zip(row, names)]))
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -371,7 +434,7 @@ def map_view(index: Index) -> None:
 
     if not index.maps:
         st.info("This index has no 2-D maps: rebuild it with scripts/build_index.py (without --no-maps).")
-        return
+        return directions_ui(index)
     shown = min(len(index), MAP_POINTS)
     st.markdown(f"Each dot is an image, placed by a 2-D map of its code (left) or its pixels (right): "
                 + (f"a fixed sample of {shown:,} of the {len(index):,} images. " if shown < len(index) else "")
@@ -395,6 +458,7 @@ def map_view(index: Index) -> None:
     if query_id is not None:
         st.html(pictures_html([(index.thumbnail(i), c, 64) for i, c in
                                zip([query_id] + neighbours, ["query"] + [f"#{r + 1}" for r in range(len(neighbours))])]))
+    directions_ui(index)
 
 
 # The matplotlib plot's styles (imgsearch/evaluate.py), so the page and docs/precision_at_k.png read alike:

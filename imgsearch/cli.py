@@ -1,7 +1,7 @@
 """The `imgsearch` command: one subcommand per stage, each only parsing arguments and calling
 the package's function for it.
 
-    imgsearch train | build-index | search | evaluate | benchmark | serve   (imgsearch --help)
+    imgsearch train | build-index | search | interpolate | evaluate | benchmark | serve   (imgsearch --help)
 
 `scripts/*.py` run the same subcommands, so `python scripts/search.py ...` and
 `imgsearch search ...` are one program.
@@ -175,6 +175,50 @@ def search_arguments(p: argparse.ArgumentParser):
         for why in results.unavailable.values():  # the other spaces' hits are printed; the exit status says not all
             print(f"error: {why}", file=sys.stderr)
         return 1 if results.unavailable else 0
+    return run
+
+
+# ---- interpolate ---------------------------------------------------------------------------
+
+def item_or_path(text: str):
+    """An item id ("12") or an image file; a file of that name wins over the id."""
+    return int(text) if text.isdigit() and not Path(text).exists() else text
+
+
+@command("interpolate", "decode the codes on the way from one image to another, as a strip of pictures")
+def interpolate_arguments(p: argparse.ArgumentParser):
+    from .generate import MAX_STEPS, STEPS, STRIP_SCALE
+    from .index import DEFAULT_INDEX
+
+    p.add_argument("a", type=item_or_path, metavar="A", help="the first end: an item id or an image file")
+    p.add_argument("b", type=item_or_path, metavar="B", help="the other end: an item id or an image file")
+    p.add_argument("--steps", type=int, default=STEPS, help=f"images in the strip, both ends included, 2 to {MAX_STEPS} "
+                                                          f"(default: {STEPS})")
+    p.add_argument("--out", required=True, help="the strip's PNG file")
+    p.add_argument("--index", default=str(DEFAULT_INDEX), help=f"index directory (default: {DEFAULT_INDEX})")
+    p.add_argument("--scale", type=int, default=STRIP_SCALE,
+                   help=f"each pixel drawn as a square of this side (default: {STRIP_SCALE})")
+    p.add_argument("--nearest", action="store_true", help="a second row beneath: the nearest real item of each step")
+
+    def run(a) -> int:
+        from .generate import strip
+        from .images import ImageError
+        from .index import IndexLoadError
+        from .search import Index
+
+        if not 1 <= a.scale <= 32:
+            p.error("--scale must be between 1 and 32")
+        try:
+            index = Index.load(a.index)
+            result = index.between(a.a, a.b, steps=a.steps)
+            rows = [result.pixels] + ([index.pixels[result.nearest]] if a.nearest else [])
+            image = strip(rows, a.scale)
+            image.save(a.out, format="PNG")
+        except (ImageError, IndexLoadError, IndexError, ValueError, OSError) as e:
+            return fail(str(e), 2)
+        print(f"Wrote {a.out}: {a.steps} steps, {image.width}x{image.height} px; nearest items: "
+              + ", ".join(f"{i} ({index.label(i) or 'unlabelled'})" for i in result.nearest.tolist()))
+        return 0
     return run
 
 

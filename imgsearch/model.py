@@ -160,6 +160,13 @@ def reconstruct(model: ConvAutoEncoder, pixels: np.ndarray) -> np.ndarray:
     return tensor_to_pixels(model(pixels_to_tensor(pixels)))
 
 
+@torch.no_grad()
+def decode_codes(model: ConvAutoEncoder, codes: np.ndarray) -> np.ndarray:
+    """(N, code_dim) codes -> (N, 32, 32, 3) uint8: the decoder's image of each code, from an item or not."""
+    model.eval()
+    return tensor_to_pixels(model.decode(torch.tensor(np.asarray(codes, dtype=np.float32))))
+
+
 # ---- checkpoints ---------------------------------------------------------------------------
 
 class CheckpointError(ValueError):

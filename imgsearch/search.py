@@ -4,6 +4,7 @@
     results = index.search("photo.jpg", k=10, spaces=["pixel", "code", "bits"])  # or an image, bytes, an item id
     for hit in results.hits["bits"]: print(hit.id, hit.distance, hit.label, hit.path)
     index.thumbnail(hit.id)                        # (32, 32, 3) uint8
+    index.interpolate(12, "photo.jpg", steps=8)    # (8, 32, 32, 3) uint8: the decoder's images between two
 """
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ import numpy as np
 
 from . import layout
 from .data import label_name
+from .generate import STEPS, Interpolation, interpolate
 from .images import PREPROCESSING, to_pixels
 from .index import DEFAULT_INDEX, IndexLoadError, read_meta, resolve, verify_checksums
+from .knn import BruteForce
 from .model import CheckpointError, encode_pixels, load_checkpoint, reconstruct
 from .spaces import DEFAULT_SPACES, SPACES, LoadInput, Query, Space, SpaceError, SpaceUnavailable
 
@@ -185,6 +188,33 @@ class Index:
     def thumbnail(self, i: int) -> np.ndarray:
         return self.pixels[i]
 
+    # ---- the decoder as a generator (imgsearch/generate.py) ---------------------------------
+
+    def code_of(self, query) -> np.ndarray:
+        """A query's code (anything `search` accepts): an item's stored code, else its pixels encoded."""
+        pixels, item = self.query_pixels(query)
+        return np.asarray(self.codes[item]) if item is not None else self.encode(pixels)
+
+    def nearest_items(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The item nearest each code in code space, and its angular distance: the served code space's
+        answer, or an exact search of the codes where the index has no code space or it cannot answer."""
+        space = self.spaces.get("code")
+        try:
+            if space is not None:
+                found = [space.search(code, 1) for code in codes]
+                return np.array([ids[0] for ids, _ in found]), np.array([d[0] for _, d in found], np.float32)
+        except SpaceUnavailable:
+            pass
+        ids, dists = BruteForce(self.codes, "angular").search(codes, 1)
+        return ids[:, 0], dists[:, 0]
+
+    def between(self, a, b, steps: int = STEPS) -> Interpolation:
+        """The decoder's images on the way from a's code to b's (slerp), with the item nearest each step."""
+        return interpolate(self.model, self.code_of(a), self.code_of(b), steps, self.nearest_items)
+
+    def interpolate(self, a, b, steps: int = STEPS) -> np.ndarray:
+        """(steps, 32, 32, 3) uint8: images decoded from the codes between a's and b's, both ends included."""
+        return self.between(a, b, steps).pixels
 
 def _stores(path: Path, meta: dict, index_dir) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
     """The per-item files every space shares, checked against meta.json's item count and classes."""

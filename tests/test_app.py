@@ -134,11 +134,11 @@ def test_map_view_shows_both_maps_with_the_query_and_its_neighbours(app):
     app.number_input(key="item_number").set_value(30).run()
     app.radio(key="view").set_value("Map").run()
     assert not app.exception
-    assert subheaders(app) == ["Code space", "Pixel space"]
+    assert subheaders(app) == ["Code space", "Pixel space", "What a code direction means"]
     charts = app.get("vega_lite_chart")
     assert len(charts) == 2
     assert any("Query: item 30 (green)" in c.value for c in app.caption)
-    strip = captions(app)
+    strip = captions(app)[:11]  # the query's strip; after it, the grid of what a code direction means
     assert strip[0] == "query" and strip[1:] == [f"#{r}" for r in range(1, 11)]
 
 

@@ -134,3 +134,25 @@ def test_the_page_benchmark_writes_every_figure(index_dir, tmp_path):
                 "map_click_s", "map_bytes", "quality_ready_s", "upload_p95_s", "random_p95_s", "more_like_this_p95_s"):
         assert isinstance(result[key], (int, float)) and result[key] > 0, key
     assert result["result_pictures_min"] >= 20 and "| Map view ready |" in r.stdout
+
+
+def test_between_shows_the_decoded_strip_with_the_nearest_items_beneath(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    page.goto(server)
+    page.get_by_text("Upload an image or pick one").wait_for(timeout=60_000)
+    page.locator(".st-key-random button").click()
+    page.locator(".st-key-between_code button").nth(2).wait_for(timeout=60_000)
+    page.locator(".st-key-between_code button").nth(2).click()
+    page.get_by_text("Between the query and code space result #3").wait_for(timeout=60_000)
+    strip = page.locator(".ims-groups").last
+    strip.get_by_text("step 8", exact=True).wait_for(timeout=30_000)
+    page.wait_for_function("""() => [...document.querySelectorAll('[data-testid="stMain"] img')]
+                              .every(i => i.complete && i.naturalWidth > 0)""", timeout=30_000)
+    steps = [strip.locator(".ims-group").nth(i).locator("figure") for i in range(8)]
+    assert strip.locator(".ims-group").count() == 8 and all(s.count() == 2 for s in steps)
+    first, beneath = steps[0].nth(0).bounding_box(), steps[0].nth(1).bounding_box()
+    assert beneath["y"] >= first["y"] + first["height"] and abs(beneath["x"] - first["x"]) < 2  # the nearest item below
+    second = steps[1].nth(0).bounding_box()
+    assert abs(second["y"] - first["y"]) < 2 and second["x"] > first["x"] + first["width"]  # the steps side by side
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "browser-between.png"), full_page=True)
