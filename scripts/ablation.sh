@@ -21,6 +21,8 @@ declare -A variants=(
   [no_denoising]="--noise-std 0 --crop-scale 0.35 --depth 1"  # the current recipe
   [crops_20]="--noise-std 0 --crop-scale 0.2 --depth 1"
   [depth_2]="--noise-std 0 --crop-scale 0.35 --depth 2"
+  [temperature_01]="--noise-std 0 --crop-scale 0.35 --depth 1 --temperature 0.1"
+  [temperature_05]="--noise-std 0 --crop-scale 0.35 --depth 1 --temperature 0.5"
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(first_recipe no_contrastive no_denoising crops_20 depth_2)
