@@ -219,8 +219,8 @@ def compare_structures(codes: np.ndarray, queries: list, truth: list, exact: dic
         t = time.perf_counter()
         built = served_code_search(codes, structure=name)
         seconds = round(time.perf_counter() - t, 2)
-        folder = Path(built.folder.name)
-        size = sum((folder / f).stat().st_size for f in built.section["files"] if (folder / f).is_file())
+        folder = Path(built.folder.name)  # the structure's files (the codes stay in memory: counted apart)
+        size = codes.nbytes + sum((folder / f).stat().st_size for f in built.section["files"] if f != "codes.npy")
         knob = built.knob
         default = built.section["settings"][knob]
         for key, (structure, factor) in STRUCTURES.items():
@@ -362,6 +362,7 @@ def plot_structures(report: dict, path) -> None:
     exact = report["code_structures"]["exact"]
     ax.plot([exact["p50_ms"]], [1.0], marker="*", markersize=12, linestyle="none", color="black", label="exact")
     ax.axhline(0.98, color="grey", linestyle=":", linewidth=1)
-    ax.set(xlabel="query time, p50 (ms), the exact re-rank included", ylabel="recall@10 vs exact search",
+    ax.set_xscale("log")
+    ax.set(xlabel="query time, p50 (ms, log scale), the exact re-rank included", ylabel="recall@10 vs exact search",
            title=f"The code space's structures on {report['items']:,} codes (labels: the knob's value)")
     save_figure(fig, ax, path)

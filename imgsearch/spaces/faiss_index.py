@@ -11,8 +11,10 @@ re-rank of their CANDIDATES nearest on the full codes (spaces/vectors.py).
   efSearch, the candidates kept on the walk. Its graph cannot drop items, and faiss builds it on all
   cores, so its file is not the same from one build to the next; an update builds it again.
 
-Files: `code_faiss.index` in faiss's own format (`faiss.write_index`; read back memory-mapped,
-IO_FLAG_MMAP, so processes share it), covered by meta.json's checksums like every other file;
+Files: `code_faiss.index` in faiss's own format (`faiss.write_index` / `read_index`), covered by
+meta.json's checksums like every other file. The graph is read memory-mapped (IO_FLAG_MMAP), so
+processes share it; the lists are read into memory (64 floats an item, 256 MB at a million), because
+searched through faiss's memory map they took 2.4 ms a query at 50,000 codes against 0.22 ms;
 `code_faiss_rows.npy` maps each faiss id to its row (-1: removed by an update); and the projection,
 `code_ann_directions.npy`, shared with Annoy's layout.
 """
@@ -47,6 +49,7 @@ class FaissLists(CodeIndex):
     options = ("probes",)
     knob = "probes"
     checks = {"probes": whole(1), "ann_dims": whole(1), "lists": whole(1)}
+    mmap = False  # read whole: faiss's memory-mapped lists searched ~10x slower (the module's docstring)
 
     def __init__(self, index: faiss.Index, rows: np.ndarray, codes: np.ndarray, directions: np.ndarray,
                  probes: int, candidates: int = CANDIDATES):
@@ -121,7 +124,7 @@ class FaissLists(CodeIndex):
     def load(cls, data: LoadInput, section: dict) -> "FaissLists":
         s = section["settings"]
         directions = load_directions(data, s["ann_dims"])
-        index = read(data.directory / layout.FAISS_INDEX, mmap=True)
+        index = read(data.directory / layout.FAISS_INDEX, mmap=cls.mmap)
         try:
             rows = np.load(data.directory / layout.FAISS_ROWS, allow_pickle=False)
         except (OSError, ValueError) as e:
@@ -155,7 +158,14 @@ class FaissLists(CodeIndex):
         unit_query = unit_rows(vector)[0]
         q = (unit_query @ self.directions)[None].astype(np.float32)
         wanted = min(max(k, self.candidates), self.index.ntotal)
-        _, ids = self.index.search(q, wanted, params=self.params(probes or self.probes))
+        # One thread: a query reads a few thousand items, less work than waking a second one; on the shared
+        # cores here two threads took p95 from 0.38 to 1.0 ms at 50,000 codes. The setting is this thread's own.
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            _, ids = self.index.search(q, wanted, params=self.params(probes or self.probes))
+        finally:
+            faiss.omp_set_num_threads(threads)
         ids = ids[0][ids[0] >= 0]
         rows = self.rows[ids]
         return rerank(self.codes, rows[rows >= 0], unit_query, k)
@@ -166,6 +176,7 @@ class FaissGraph(FaissLists):
     description = ("the auto-encoder's 256-d float code: faiss's HNSW graph, then an exact re-rank "
                    "(angular: sqrt(2 - 2 cos))")
     checks = {"probes": whole(1), "ann_dims": whole(1), "hnsw_m": whole(1)}
+    mmap = True
 
     @classmethod
     def new_index(cls, projected: np.ndarray, seed: int) -> faiss.Index:
