@@ -59,7 +59,6 @@ def space_list(text: str) -> list[str]:
 def build_index_arguments(p: argparse.ArgumentParser):
     from .index import CODE_INDEX, DEFAULT_CHECKPOINT, DEFAULT_INDEX, N_TREES, PROBES, SEED, local_code_indexes
     from .ingest import BATCH
-    from .spaces.annoy_index import LARGE_ITEMS, SEARCH_K, SEARCH_K_LARGE
     from .spaces import SPACES
     from .spaces.bits import BITS, WIDTHS
 
@@ -67,14 +66,12 @@ def build_index_arguments(p: argparse.ArgumentParser):
     p.add_argument("--model", default=str(DEFAULT_CHECKPOINT), help="auto-encoder checkpoint (default: the shipped one)")
     p.add_argument("--out", default=str(DEFAULT_INDEX), help=f"index directory (default: {DEFAULT_INDEX})")
     p.add_argument("--code-index", choices=local_code_indexes(), default=CODE_INDEX,
-                   help="the code space's search structure: annoy (trees, default), faiss (inverted lists) or "
-                        "faiss_hnsw (a graph); docs/speed.md compares them")
+                   help="the code space's search structure: annoy (trees, default), faiss (lists), faiss_hnsw (graph)")
     p.add_argument("--probes", type=int, default=PROBES,
                    help=f"with --code-index faiss: lists scanned per query; faiss_hnsw: its efSearch (default: {PROBES})")
     p.add_argument("--n-trees", type=int, default=N_TREES, help=f"with --code-index annoy: trees (default: {N_TREES})")
     p.add_argument("--search-k", type=int, default=None,
-                   help=f"with --code-index annoy: nodes inspected per query (default: {SEARCH_K:,}; "
-                        f"{SEARCH_K_LARGE:,} from {LARGE_ITEMS:,} images)")
+                   help="with --code-index annoy: nodes inspected per query (default: by collection size, docs/speed.md)")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--bits", type=int, choices=WIDTHS, default=None,
                    help=f"length of the binary codes of the bits space (default: {BITS}, or what the code's length allows)")

@@ -156,8 +156,7 @@ def evaluate(database: Collection, queries: Collection, model, *, max_k: int = M
     t0 = time.time()
     record("codes_exact", exact_knn(db_codes, q_codes, depth, metric=METRIC, desc="codes"), t0)
     t0 = time.time()
-    served, served_settings = served_knn(db_codes, q_codes, depth, code_index=code_index, n_trees=n_trees,
-                                         search_k=search_k, seed=seed)
+    served, served_settings = served_knn(db_codes, q_codes, depth, code_index=code_index, n_trees=n_trees, search_k=search_k, seed=seed)
     record("codes_served", served, t0)
     widths = [b for b in WIDTHS if b <= db_codes.shape[1]]
     for b in widths:

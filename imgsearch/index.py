@@ -81,9 +81,8 @@ def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLik
     """Encode a collection, build every space's search structure and publish the index at `out`.
 
     `spaces` (default: every registered one) and `options` (space name -> keyword options) choose
-    what is built; `code_index` (the code space's structure: Annoy's trees, "annoy", or another of
-    `local_code_indexes()`), `probes` (faiss's), `n_trees` and `search_k` (Annoy's; search_k None: by
-    the collection's size) and `bits` are the common options spelled out.
+    what is built; `code_index` (the code space's structure, one of `local_code_indexes()`), `probes`
+    (faiss's), `n_trees` and `search_k` (Annoy's; None: by collection size) and `bits` are spelled out.
     Items are read and encoded in batches (ingest.py): memory does not grow with the collection,
     and a build killed at any point resumes from its last finished batch when run again.
     `update=True` keeps the items of the index at `out` whose files are unchanged (same path,
