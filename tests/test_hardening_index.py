@@ -137,7 +137,7 @@ def _set(path, value):
     (("spaces", "pixel", "metric"), KeyError, "pixel space's section has no metric"),
     (("spaces", "code", "settings", "n_trees"), KeyError, "code space's section has no n_trees setting"),
     (("spaces", "code", "settings", "structure"), "hnsw", "names the structure 'hnsw'"),
-    (("spaces", "code", "settings", "structure"), "ivf", "hand-made inverted file that faiss's lists replaced"),
+    (("spaces", "code", "settings", "structure"), "ivf", "unusable: it is built on the hand-made inverted file, which faiss's lists replaced; rebuild it"),
     (("spaces", "bits", "files"), ["bits.npz", "extra.npz"], "lists extra.npz, which has no checksum"),
     (("spaces", "pca", "files"), ["../../etc/passwd"], "must list its files by name"),
     (("spaces", "bits", "bits"), KeyError, "gives neither dims nor bits"),

@@ -15,7 +15,7 @@ from .milvus import MilvusBits, MilvusCodeIndex
 CODE_INDEXES: dict[str, type[CodeIndex]] = {cls.name: cls for cls in (AnnoyTrees, FaissLists, FaissGraph, MilvusCodeIndex)}
 CODE_INDEX = AnnoyTrees.name  # the default: the design card's Annoy (docs/speed.md compares the others)
 # Structures an index built by an earlier version used, with what to do about them.
-RETIRED = {"ivf": "its code space is on the hand-made inverted file that faiss's lists replaced"}
+RETIRED = {"ivf": "it is built on the hand-made inverted file, which faiss's lists replaced"}
 BITS_BACKENDS = {MilvusBits.title.lower(): MilvusBits}  # the bits elsewhere than in this process
 
 
