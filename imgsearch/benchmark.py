@@ -1,5 +1,5 @@
-"""Speed and scale: how fast encoding, building and searching are on this machine, and how
-Annoy's recall trades against its query time.
+"""Speed and scale: how fast encoding, building and searching are on this machine, and how the code
+space's structures (exact, Annoy, faiss's lists and graph) trade recall against query time, side by side.
 
 Absolute times on a shared 2-core machine are noisy; ratios measured in the same run are
 stable, so the report quotes both.
@@ -24,7 +24,9 @@ from .images import to_pixels
 from .index import build_index, read_meta
 from .knn import BruteForce, topk_ties_by_id
 from .spaces.bits import HammingScan, binarise, fit_binariser, word_major
-from .spaces.code import METRIC, annoy_code_search
+from .spaces.annoy_index import annoy_code_search
+from .spaces.code import served_code_search
+from .spaces.vectors import METRIC
 from .spaces.pixel import squared_distances
 from .projection import collection_maps
 from .model import encode_pixels, load_checkpoint, pixels_to_tensor
@@ -116,13 +118,28 @@ def run_benchmark(collection: Collection, model_path, *, queries: int = 1000, sc
                   progress: bool = True, scale: bool = True) -> dict:
     """Every figure of docs/speed.md; `scale=False` stops after the 50,000-item queries (a quick second
     run, e.g. under another BLAS kernel, to check that the query figures do not depend on it)."""
-    rng = np.random.default_rng(0)
     work = Path(work_dir or tempfile.mkdtemp(prefix="imgsearch-bench-"))
     model, info = load_checkpoint(model_path)
     report: dict = {"items": len(collection), "collection": collection.spec, "model": info["fingerprint"],
                     "threads": torch.get_num_threads()}
+    measure_encoding(report, model, collection)
+    measure_build(report, collection, model_path, work / "index", progress)
+    index = Index.load(work / "index")
+    code_q, truth = measure_queries(report, index, model, collection, queries)
+    exact = {"p50_ms": report["exact_code_p50_ms"], "p95_ms": report["exact_code_p95_ms"]}
+    report["code_structures"], report["code_structure_curves"] = compare_structures(
+        index.codes, code_q, truth, exact, curve_queries=sweep_queries)
+    report["rss_mb"] = rss_of_loaded_index(work / "index")
+    report["blas"] = blas_description()
+    if not scale:
+        return report
+    report["sweep"] = sweep(index.codes, code_q[:sweep_queries], truth[:sweep_queries], sweep_trees, sweep_search_ks)
+    report["scale"] = measure_scale(model, collection, work, scale_items, scale_queries, scale_trees, scale_search_ks)
+    return report
 
-    # encoding: the database build, and one upload from bytes to code
+
+def measure_encoding(report: dict, model, collection: Collection) -> None:
+    """Encoding: the database build's rate, and one upload from bytes to code."""
     n_enc = min(len(collection), 20000)
     t = time.perf_counter()
     encode_pixels(model, collection.pixels[:n_enc])
@@ -134,21 +151,27 @@ def run_benchmark(collection: Collection, model_path, *, queries: int = 1000, sc
     _, times = timed(lambda b: encode_pixels(model, to_pixels(b)[None]), [upload] * 200)
     report["upload_encode_p50_ms"], report["upload_encode_p95_ms"] = percentiles(times)
 
-    # index build: encode + the code space's lists + pixel store, from images already in memory; the 2-D maps apart
+
+def measure_build(report: dict, collection: Collection, model_path, out: Path, progress: bool) -> None:
+    """The index build with the default settings (encode, every space, from images already in memory), the
+    2-D maps apart, and what it writes."""
     t = time.perf_counter()
-    build_index(collection, model_path, work / "index", maps=False, progress=progress)
+    build_index(collection, model_path, out, maps=False, progress=progress)
     report["build_seconds"] = round(time.perf_counter() - t, 2)
-    build_dir = (work / "index").resolve()
+    build_dir = out.resolve()
     t = time.perf_counter()
     collection_maps(np.load(build_dir / "codes.npy"), collection.pixels)  # the build's own codes
     report["map_seconds"] = round(time.perf_counter() - t, 2)
     report["index_mb"] = round(sum(f.stat().st_size for f in build_dir.iterdir()) / 2**20, 1)
-    # The code space's search structure beside the codes (its lists, or Annoy's trees): the key predates the lists.
+    # The code space's search structure beside the codes (the key's name predates the other structures).
     code_files = read_meta(build_dir)["spaces"]["code"]["files"]
     report["ann_mb"] = round(sum((build_dir / f).stat().st_size for f in code_files if f != "codes.npy") / 2**20, 1)
 
-    index = Index.load(work / "index")
-    ids = rng.integers(0, len(index), queries)
+
+def measure_queries(report: dict, index: Index, model, collection: Collection, queries: int) -> tuple[list, list]:
+    """Every space's query times on the built index, and the served code search's recall against exact
+    search; returns the code queries (fresh views of the collection's images) and their exact top 10."""
+    ids = np.random.default_rng(0).integers(0, len(index), queries)
     pix_q = [index.pixels[i] for i in ids]
     # fresh views of the collection's images: a database row as query would find itself trivially
     code_q = list(realistic_codes(model, collection.pixels, queries, seed=2))
@@ -173,56 +196,90 @@ def run_benchmark(collection: Collection, model_path, *, queries: int = 1000, sc
     report["bits_p50_ms"], report["bits_p95_ms"] = percentiles(times)
     report["bits_recall_at_10"] = round(recall_at(found_bits, truth), 4)  # vs exact float codes: what binarising loses
     report["pixel_over_code_speedup"] = round(report["pixel_p50_ms"] / report["code_p50_ms"], 1)
-    report["rss_mb"] = rss_of_loaded_index(work / "index")
+    return code_q, truth
 
-    report["blas"] = blas_description()
-    if not scale:
-        return report
-    sq = code_q[:sweep_queries]
-    report["sweep"] = sweep(index.codes, sq, truth[:sweep_queries], sweep_trees, sweep_search_ks)
 
-    # scale: a million realistic codes, an on-disk Annoy index memory-mapped for search
-    codes = realistic_codes(model, collection.pixels, scale_items)
+# The structures compared side by side: key -> (structure, its knob's value as a multiple of the default; None:
+# the default). Annoy's default and two other search_k; faiss's lists and graph at their defaults.
+STRUCTURES = {"annoy": ("annoy", None), "annoy_half": ("annoy", 0.5), "annoy_double": ("annoy", 2.0),
+              "faiss": ("faiss", None), "faiss_hnsw": ("faiss_hnsw", None)}
+CURVE_FACTORS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)  # each structure's knob around its default, for the plot
+
+
+def compare_structures(codes: np.ndarray, queries: list, truth: list, exact: dict, *,
+                       curve_queries: int = 300) -> tuple[dict, dict]:
+    """The code space's structures side by side over the same codes and queries: p50_ms, p95_ms,
+    recall_at_10 (against exact search), build_seconds and bytes_per_item (the structure's files and the
+    full codes every one re-ranks on, per item), keyed by structure ("exact", "annoy", "faiss", ...;
+    another search_k of Annoy is "annoy_search_k_<value>"). And per structure, its recall/latency curve
+    over its knob (the first `curve_queries` queries)."""
+    table = {"exact": {**exact, "recall_at_10": 1.0, "build_seconds": 0.0, "bytes_per_item": 4 * codes.shape[1]}}
+    curves = {}
+    for name in dict.fromkeys(structure for structure, _ in STRUCTURES.values()):
+        t = time.perf_counter()
+        built = served_code_search(codes, structure=name)
+        seconds = round(time.perf_counter() - t, 2)
+        folder = Path(built.folder.name)  # the structure's files (the codes stay in memory: counted apart)
+        size = codes.nbytes + sum((folder / f).stat().st_size for f in built.section["files"] if f != "codes.npy")
+        knob = built.knob
+        default = built.section["settings"][knob]
+        for key, (structure, factor) in STRUCTURES.items():
+            if structure != name:
+                continue
+            value = default if factor is None else max(1, int(default * factor))
+            found, times = timed(lambda q: built.search(q, 10, **{knob: value})[0], queries)
+            key = key if factor is None else f"{name}_{knob}_{value}"
+            p50, p95 = percentiles(times)
+            table[key] = {"p50_ms": p50, "p95_ms": p95, "recall_at_10": round(recall_at(found, truth), 4),
+                          "build_seconds": seconds, "bytes_per_item": round(size / len(codes), 1), knob: value}
+        curves[name] = []
+        for factor in CURVE_FACTORS:
+            value = max(1, int(default * factor))
+            found, times = timed(lambda q: built.search(q, 10, **{knob: value})[0], queries[:curve_queries])
+            curves[name].append({knob: value, "p50_ms": percentiles(times)[0],
+                                 "recall_at_10": round(recall_at(found, truth[:curve_queries]), 4)})
+        del built
+    return table, curves
+
+
+def measure_scale(model, collection: Collection, work: Path, items: int, queries: int, n_trees: int,
+                  search_ks) -> dict:
+    """A million realistic codes: an on-disk Annoy index memory-mapped for search, the structures side by
+    side, and the bits' exact Hamming search."""
+    codes = realistic_codes(model, collection.pixels, items)
     t = time.perf_counter()
-    space = annoy_code_search(codes, n_trees=scale_trees, path=work / "scale.ann", n_jobs=-1)  # on disk: mmapped
+    space = annoy_code_search(codes, n_trees=n_trees, path=work / "scale.ann", n_jobs=-1)  # on disk: mmapped
     scale_build = time.perf_counter() - t
-    fresh = realistic_codes(model, collection.pixels, scale_queries, seed=1)  # new views, not database rows
+    fresh = list(realistic_codes(model, collection.pixels, queries, seed=1))  # new views, not database rows
     exact = ExactCodeSearch(codes)
     truth, ex_times = timed(lambda q: exact.search(q, 10), fresh)
     exact = None  # free the 1 GB reference matrix before searching Annoy
     rows = []
-    for sk in scale_search_ks:
+    for sk in search_ks:
         found, an_times = timed(lambda q: space.search(q, 10, search_k=sk)[0], fresh)
         rows.append({"search_k": sk, "recall_at_10": round(recall_at(found, truth), 4),
                      "p50_ms": percentiles(an_times)[0]})
+    space.ann.unload()
+    ex_p50, ex_p95 = percentiles(ex_times)
+    structures, curves = compare_structures(codes, fresh, truth, {"p50_ms": ex_p50, "p95_ms": ex_p95},
+                                            curve_queries=queries)
     # bits at scale: exact Hamming search; its recall is against the float codes' exact top-10,
     # so it measures what binarising loses (the Hamming search itself is exact)
     mean, projection = fit_binariser(codes, min(256, codes.shape[1] // 64 * 64), seed=0)
-    scan, fresh_words = HammingScan(word_major(binarise(codes, mean, projection))), binarise(fresh, mean, projection)
+    scan, fresh_words = HammingScan(word_major(binarise(codes, mean, projection))), binarise(np.asarray(fresh), mean,
+                                                                                            projection)
     bits_found, bits_times = timed(lambda w: scan.search(w, 10)[0], fresh_words)  # as the space searches
     by_level = hamming_by_simd_level(scan, fresh_words)
-    del scan
     good = [r for r in rows if r["recall_at_10"] >= 0.95]
     chosen = min(good, key=lambda r: r["p50_ms"]) if good else rows[-1]
-    exact_p50 = percentiles(ex_times)[0]
-    report["scale"] = {
-        "items": scale_items,
-        "build_seconds": round(scale_build, 2),
-        "index_mb": round((work / "scale.ann").stat().st_size / 2**20, 1),
-        "n_trees": scale_trees,
-        "search_k": chosen["search_k"],
-        "annoy_p50_ms": chosen["p50_ms"],
-        "exact_p50_ms": exact_p50,
-        "recall_at_10": chosen["recall_at_10"],
-        "speedup": round(exact_p50 / chosen["p50_ms"], 1),
-        "memory_mapped": True,
-        "bits_p50_ms": percentiles(bits_times)[0],
-        "bits_recall_at_10": round(recall_at(bits_found, truth), 4),  # vs exact float-code search
-        "bits_p50_ms_by_simd_level": by_level,
-        "sweep": rows,
-    }
-    space.ann.unload()
-    return report
+    return {"items": items, "build_seconds": round(scale_build, 2),
+            "index_mb": round((work / "scale.ann").stat().st_size / 2**20, 1), "n_trees": n_trees,
+            "search_k": chosen["search_k"], "annoy_p50_ms": chosen["p50_ms"], "exact_p50_ms": ex_p50,
+            "recall_at_10": chosen["recall_at_10"], "speedup": round(ex_p50 / chosen["p50_ms"], 1),
+            "memory_mapped": True, "bits_p50_ms": percentiles(bits_times)[0],
+            "bits_recall_at_10": round(recall_at(bits_found, truth), 4),  # vs exact float-code search
+            "bits_p50_ms_by_simd_level": by_level, "sweep": rows,
+            "code_structures": structures, "code_structure_curves": curves}
 
 
 def hamming_by_simd_level(scan: HammingScan, queries: np.ndarray) -> dict[str, float]:
@@ -270,6 +327,7 @@ def print_collection_report(r: dict) -> None:
         print(f"{name:<25} {r[key + '_p50_ms']:>10.2f} {r[key + '_p95_ms']:>8.2f}")
     print(f"served recall@10 vs exact {r['code_recall_at_10']:>10.3f}; pixel/code speed ratio "
           f"{r['pixel_over_code_speedup']:.0f}x")
+    print_structures(r["code_structures"])
     print(f"numpy BLAS: {r['blas']}")
     if "scale" not in r:
         return
@@ -278,6 +336,7 @@ def print_collection_report(r: dict) -> None:
           f"{s['index_mb']:.0f} MB (mmap); search_k {s['search_k']}: Annoy p50 {s['annoy_p50_ms']:.2f} ms vs exact "
           f"{s['exact_p50_ms']:.1f} ms ({s['speedup']:.0f}x), recall@10 {s['recall_at_10']:.3f}; "
           f"bits p50 {s['bits_p50_ms']:.2f} ms (exact Hamming)")
+    print_structures(s["code_structures"])
     for row in s["sweep"]:
         print(f"  scale search_k {row['search_k']:>6}: recall@10 {row['recall_at_10']:.3f}, p50 {row['p50_ms']:.2f} ms")
     print("\nsweep (n_trees, search_k): recall@10, p50 ms")
@@ -285,15 +344,25 @@ def print_collection_report(r: dict) -> None:
         print(f"  {row['n_trees']:>3} {row['search_k']:>6}: {row['recall_at_10']:.3f}  {row['p50_ms']:.3f}")
 
 
-def plot_sweep(report: dict, path) -> None:
+def print_structures(table: dict) -> None:
+    print(f"{'code structure':<26} {'p50 ms':>8} {'p95 ms':>8} {'recall@10':>10} {'build s':>8} {'bytes/item':>11}")
+    for name, r in table.items():
+        print(f"{name:<26} {r['p50_ms']:>8.3f} {r['p95_ms']:>8.3f} {r['recall_at_10']:>10.4f} "
+              f"{r['build_seconds']:>8.1f} {r['bytes_per_item']:>11,.0f}")
+
+
+def plot_structures(report: dict, path) -> None:
+    """Recall@10 against p50 query time of each code space structure over its knob, exact search a point."""
     fig, ax = new_figure()
-    rows = report["sweep"]
-    for n_trees in sorted({r["n_trees"] for r in rows}):
-        pts = [r for r in rows if r["n_trees"] == n_trees]
-        ax.plot([r["p50_ms"] for r in pts], [r["recall_at_10"] for r in pts], marker="o", label=f"{n_trees} trees")
-        for r in pts:
-            ax.annotate(f"{r['search_k']}", (r["p50_ms"], r["recall_at_10"]), fontsize=7, alpha=0.7)
+    for name, rows in report["code_structure_curves"].items():
+        knob = next(k for k in rows[0] if k not in ("p50_ms", "recall_at_10"))
+        ax.plot([r["p50_ms"] for r in rows], [r["recall_at_10"] for r in rows], marker="o", label=f"{name} ({knob})")
+        for r in rows:
+            ax.annotate(f"{r[knob]:,}", (r["p50_ms"], r["recall_at_10"]), fontsize=7, alpha=0.7)
+    exact = report["code_structures"]["exact"]
+    ax.plot([exact["p50_ms"]], [1.0], marker="*", markersize=12, linestyle="none", color="black", label="exact")
     ax.axhline(0.98, color="grey", linestyle=":", linewidth=1)
-    ax.set(xlabel="Annoy query time, p50 (ms)", ylabel="recall@10 vs exact search",
-           title=f"Annoy on {report['items']:,} codes (labels: search_k)")
+    ax.set_xscale("log")
+    ax.set(xlabel="query time, p50 (ms, log scale), the exact re-rank included", ylabel="recall@10 vs exact search",
+           title=f"The code space's structures on {report['items']:,} codes (labels: the knob's value)")
     save_figure(fig, ax, path)

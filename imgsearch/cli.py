@@ -57,7 +57,7 @@ def space_list(text: str) -> list[str]:
 
 @command("build-index", "encode a collection and publish its index")
 def build_index_arguments(p: argparse.ArgumentParser):
-    from .index import CODE_INDEX, CODE_INDEXES, DEFAULT_CHECKPOINT, DEFAULT_INDEX, N_TREES, PROBES, SEARCH_K, SEED
+    from .index import CODE_INDEX, DEFAULT_CHECKPOINT, DEFAULT_INDEX, N_TREES, PROBES, SEED, local_code_indexes
     from .ingest import BATCH
     from .spaces import SPACES
     from .spaces.bits import BITS, WIDTHS
@@ -65,13 +65,13 @@ def build_index_arguments(p: argparse.ArgumentParser):
     p.add_argument("--data", default="cifar10", help="cifar10, cifar10:test, or a folder of images (default: cifar10)")
     p.add_argument("--model", default=str(DEFAULT_CHECKPOINT), help="auto-encoder checkpoint (default: the shipped one)")
     p.add_argument("--out", default=str(DEFAULT_INDEX), help=f"index directory (default: {DEFAULT_INDEX})")
-    p.add_argument("--code-index", choices=CODE_INDEXES, default=CODE_INDEX,
-                   help="the code space's search structure: ivf (k-means lists, default) or annoy (trees)")
+    p.add_argument("--code-index", choices=local_code_indexes(), default=CODE_INDEX,
+                   help="the code space's search structure: annoy (trees, default), faiss (lists), faiss_hnsw (graph)")
     p.add_argument("--probes", type=int, default=PROBES,
-                   help=f"with --code-index ivf: lists scanned per query (default: {PROBES})")
+                   help=f"with --code-index faiss: lists scanned per query; faiss_hnsw: its efSearch (default: {PROBES})")
     p.add_argument("--n-trees", type=int, default=N_TREES, help=f"with --code-index annoy: trees (default: {N_TREES})")
-    p.add_argument("--search-k", type=int, default=SEARCH_K,
-                   help=f"with --code-index annoy: nodes inspected per query (default: {SEARCH_K})")
+    p.add_argument("--search-k", type=int, default=None,
+                   help="with --code-index annoy: nodes inspected per query (default: by collection size, docs/speed.md)")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--bits", type=int, choices=WIDTHS, default=None,
                    help=f"length of the binary codes of the bits space (default: {BITS}, or what the code's length allows)")
@@ -84,10 +84,10 @@ def build_index_arguments(p: argparse.ArgumentParser):
     p.add_argument("--batch-size", type=int, default=BATCH,
                    help=f"items read and encoded per batch; a killed build resumes from its last whole batch "
                         f"(default: {BATCH})")
-    p.add_argument("--backend", choices=("annoy", "milvus"), default="annoy",
-                   help="where the code and bits spaces live: annoy (this index's own files: the code space's "
-                        "lists, or trees with --code-index annoy, and bits.npz; default) or milvus (collections "
-                        "at --milvus-uri; docs/scale.md)")
+    p.add_argument("--backend", choices=("local", "milvus"), default="local",
+                   help="where the code and bits spaces live: local (this index's own files: the structure "
+                        "--code-index names, and bits.npz; default) or milvus (collections at --milvus-uri; "
+                        "docs/scale.md)")
     p.add_argument("--milvus-uri", metavar="URI",
                    help="with --backend milvus: a path ending in .db (Milvus Lite, in this process; the bits stay "
                         "local, Lite has no binary vectors) or http://host:19530 (a Milvus server or cluster)")
@@ -226,16 +226,16 @@ def interpolate_arguments(p: argparse.ArgumentParser):
 
 @command("evaluate", "measure retrieval quality (P@k, mAP@1000) of every representation")
 def evaluate_arguments(p: argparse.ArgumentParser):
-    from .index import CODE_INDEX, CODE_INDEXES, DEFAULT_CHECKPOINT, N_TREES, SEARCH_K
+    from .index import CODE_INDEX, DEFAULT_CHECKPOINT, N_TREES, local_code_indexes
 
     p.add_argument("--database", default="cifar10", help="collection searched (default: cifar10 = the train split)")
     p.add_argument("--queries", default="cifar10:test", help="query collection (default: cifar10:test)")
     p.add_argument("--model", default=str(DEFAULT_CHECKPOINT), help="checkpoint (default: the shipped one)")
     p.add_argument("--limit-queries", type=int, default=0, help="use a random subset of N queries (quick run)")
-    p.add_argument("--code-index", choices=CODE_INDEXES, default=CODE_INDEX,
-                   help="the served code search measured: ivf (default) or annoy")
+    p.add_argument("--code-index", choices=local_code_indexes(), default=CODE_INDEX,
+                   help=f"the served code search measured (default: {CODE_INDEX})")
     p.add_argument("--n-trees", type=int, default=N_TREES)
-    p.add_argument("--search-k", type=int, default=SEARCH_K)
+    p.add_argument("--search-k", type=int, default=None)
     p.add_argument("--json", help="write the figures to this JSON file")
     p.add_argument("--plot", help="write the precision-at-k plot to this PNG")
     p.add_argument("--examples", help="write each query's top-10 ids per representation to this .npz")
@@ -310,10 +310,10 @@ def benchmark_arguments(p: argparse.ArgumentParser):
                    help="with --million and --work-dir: measure only these phases again (comma-separated: clean, "
                         "resume, queries, update), report the others as recorded, and skip the 50,000-item run")
     p.add_argument("--json", help="write the report to this JSON file")
-    p.add_argument("--plot", help="write the recall-vs-latency plot to this PNG")
+    p.add_argument("--plot", help="write the code space structures' recall-vs-latency plot to this PNG")
 
     def run(a) -> int:
-        from .benchmark import plot_sweep, print_report, run_benchmark
+        from .benchmark import plot_structures, print_report, run_benchmark
         from .data import CollectionError, load_collection
         from .report import write_outputs
 
@@ -346,7 +346,7 @@ def benchmark_arguments(p: argparse.ArgumentParser):
                 with tempfile.TemporaryDirectory() as work:
                     report["million"] = benchmark_million(a.million, a.model, Path(work), **kw)
         print_report(report)
-        write_outputs(report, a.json, a.plot, plot_sweep)
+        write_outputs(report, a.json, a.plot if "code_structures" in report else None, plot_structures)
         return 0
     return run
 

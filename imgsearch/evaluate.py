@@ -19,7 +19,11 @@ from .model import encode_pixels
 from .report import new_figure, save_figure
 from .spaces.base import PCA_FIT_ROWS, BuildInput
 from .spaces.bits import WIDTHS, HammingScan, binarise, fit_binariser, word_major
-from .spaces.code import CODE_INDEX, METRIC, N_TREES, PROBES, SEARCH_K, SEED, annoy_code_search, served_code_search
+from .spaces.annoy_index import N_TREES
+from .spaces.backends import CODE_INDEX
+from .spaces.code import served_code_search
+from .spaces.faiss_index import PROBES
+from .spaces.vectors import METRIC, SEED
 from .train import reconstruction_mse
 
 KS = (1, 10, 100)
@@ -77,19 +81,19 @@ def exact_knn(db: np.ndarray, queries: np.ndarray, k: int, metric: str = "euclid
 
 
 def served_knn(db_codes: np.ndarray, query_codes: np.ndarray, k: int, *, code_index: str = CODE_INDEX,
-               n_trees: int = N_TREES, search_k: int = SEARCH_K, seed: int = SEED) -> np.ndarray:
-    """Top-k ids as the code space serves them: its lists (or Annoy's trees), then the exact re-rank."""
-    space = (annoy_code_search(db_codes, n_trees=n_trees, search_k=search_k, seed=seed) if code_index == "annoy"
-             else served_code_search(db_codes, seed=seed))
+               n_trees: int = N_TREES, search_k: int | None = None, seed: int = SEED) -> tuple[np.ndarray, dict]:
+    """Top-k ids as the code space serves them (its structure, then the exact re-rank), and its settings."""
+    space = served_code_search(db_codes, structure=code_index, seed=seed, n_trees=n_trees, search_k=search_k,
+                               probes=PROBES)
     out = np.full((len(query_codes), k), -1, dtype=np.int64)
 
     def one(i):
         ids = space.search(query_codes[i], k)[0]
         out[i, :len(ids)] = ids
 
-    with ThreadPoolExecutor(max_workers=2) as pool:  # Annoy and numpy's products release the GIL while searching
+    with ThreadPoolExecutor(max_workers=2) as pool:  # Annoy, faiss and numpy release the GIL while searching
         list(tqdm(pool.map(one, range(len(query_codes))), total=len(query_codes), desc="served", mininterval=1.0))
-    return out
+    return out, space.section["settings"]
 
 
 def hamming_knn(db_codes: np.ndarray, query_codes: np.ndarray, k: int, bits: int, *, method: str = "itq",
@@ -117,7 +121,7 @@ def align_labels(database: Collection, queries: Collection) -> np.ndarray:
 
 
 def evaluate(database: Collection, queries: Collection, model, *, max_k: int = MAP_DEPTH,
-             code_index: str = CODE_INDEX, n_trees: int = N_TREES, search_k: int = SEARCH_K,
+             code_index: str = CODE_INDEX, n_trees: int = N_TREES, search_k: int | None = None,
              seed: int = SEED) -> dict:
     """Every representation's figures, precision curves, bytes per item and the model's reconstruction error.
 
@@ -152,8 +156,8 @@ def evaluate(database: Collection, queries: Collection, model, *, max_k: int = M
     t0 = time.time()
     record("codes_exact", exact_knn(db_codes, q_codes, depth, metric=METRIC, desc="codes"), t0)
     t0 = time.time()
-    record("codes_served", served_knn(db_codes, q_codes, depth, code_index=code_index, n_trees=n_trees,
-                                      search_k=search_k, seed=seed), t0)
+    served, served_settings = served_knn(db_codes, q_codes, depth, code_index=code_index, n_trees=n_trees, search_k=search_k, seed=seed)
+    record("codes_served", served, t0)
     widths = [b for b in WIDTHS if b <= db_codes.shape[1]]
     for b in widths:
         t0 = time.time()
@@ -178,7 +182,7 @@ def evaluate(database: Collection, queries: Collection, model, *, max_k: int = M
                      "query_items": len(queries), "pca_components": pca.n_components,
                      "pca_fit_rows": min(len(database), PCA_FIT_ROWS), "metric": METRIC,
                      "code_index": code_index, "bits_method": "itq",
-                     **({"n_trees": n_trees, "search_k": search_k} if code_index == "annoy" else {"probes": PROBES})},
+                     **{k: v for k, v in served_settings.items() if k in ("n_trees", "search_k", "probes", "lists")}},
         "_retrieved": retrieved,  # top-10 ids per query; the quality view shows examples from them
         "_query_labels": q_labels,
     }

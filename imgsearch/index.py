@@ -41,7 +41,10 @@ from .ingest import (BATCH, batch_file, batch_rows, encoding_workers, ingest, lo
 from .model import load_checkpoint
 from .projection import LANDMARKS, collection_maps, extend_maps
 from .spaces import SPACES, BuildInput, Reuse, SpaceError
-from .spaces.code import CODE_INDEX, CODE_INDEXES, N_TREES, PROBES, SEARCH_K, SEED
+from .spaces.annoy_index import N_TREES
+from .spaces.backends import CODE_INDEX, CODE_INDEXES, RETIRED, local_code_indexes, structure_of
+from .spaces.faiss_index import PROBES
+from .spaces.vectors import SEED
 from .tables import NpyWriter, let_go
 
 DEFAULT_INDEX = DATA_DIR / "index"
@@ -72,20 +75,20 @@ class BuildBusyError(RuntimeError):
 def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLike = DEFAULT_CHECKPOINT,
                 out: str | os.PathLike = DEFAULT_INDEX, *, spaces: list[str] | None = None,
                 options: dict | None = None, code_index: str = CODE_INDEX, probes: int = PROBES,
-                n_trees: int = N_TREES, search_k: int = SEARCH_K, bits: int | None = None, seed: int = SEED,
+                n_trees: int = N_TREES, search_k: int | None = None, bits: int | None = None, seed: int = SEED,
                 maps: bool = True, progress: bool = True, on_step=None, wait: bool = True, update: bool = False,
                 batch_size: int = BATCH, batches=None) -> dict:
     """Encode a collection, build every space's search structure and publish the index at `out`.
 
     `spaces` (default: every registered one) and `options` (space name -> keyword options) choose
-    what is built; `code_index` (the code space's lists, "ivf", or Annoy's trees, "annoy"), `probes`
-    (the lists'), `n_trees` and `search_k` (Annoy's) and `bits` are the common options spelled out.
+    what is built; `code_index` (the code space's structure, one of `local_code_indexes()`), `probes`
+    (faiss's), `n_trees` and `search_k` (Annoy's; None: by collection size) and `bits` are spelled out.
     Items are read and encoded in batches (ingest.py): memory does not grow with the collection,
     and a build killed at any point resumes from its last finished batch when run again.
     `update=True` keeps the items of the index at `out` whose files are unchanged (same path,
     size and modification time), encodes only new and changed files, drops items whose files
     are gone, and lets each space carry the previous build over (`spaces.Reuse`: fitted PCA and
-    rotation, kept rows, the lists' centres, Annoy's trees) instead of building from scratch.
+    rotation, kept rows, faiss's lists, Annoy's trees) instead of building from scratch.
     `on_step(name, fraction)` lets a caller (the app) show progress without tqdm.
     `wait=False` raises BuildBusyError at once when another build into `out` is running.
     `batches` replaces the local decode-and-encode pipeline (`ingest.local_batches`), e.g. by Ray's.
@@ -515,12 +518,7 @@ def _file_name(x) -> bool:
     return isinstance(x, str) and bool(re.fullmatch(r"[\w.-]+", x)) and x not in (".", "..")
 
 
-# Settings the built-in spaces read when they load, with the test each value must pass.
-SPACE_SETTINGS = {"code": {"n_trees": _int, "search_k": lambda x: _int(x, 1), "ann_bytes": _int}}
-# The code space on its lists (spaces/ivf.py) reads these instead.
-IVF_SETTINGS = {"lists": lambda x: _int(x, 1), "probes": lambda x: _int(x, 1), "ann_dims": lambda x: _int(x, 1),
-                "scan_dims": lambda x: _int(x, 1), "rescored": lambda x: _int(x, 1)}
-# A space in Milvus (spaces/milvus.py) reads these instead: Annoy's settings do not apply to it.
+# A space in Milvus (spaces/milvus.py) reads these; the code space's structures name theirs (CodeIndex.checks).
 MILVUS_SETTINGS = {"uri": lambda x: isinstance(x, str) and len(x) > 0,
                    "collection": lambda x: isinstance(x, str) and bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,254}", x)),
                    "search_params": lambda x: isinstance(x, dict)}
@@ -584,11 +582,11 @@ def space_problem(name: str, section: dict, listed: set[str]) -> str | None:
     backend = settings.get("backend")
     if backend not in (None, "annoy", "local", "milvus"):
         return f"names the backend {str(backend)[:40]!r}, which this version does not know"
-    structure = settings.get("structure")
-    if structure not in (None, "ivf"):
-        return f"names the structure {str(structure)[:40]!r}, which this version does not know"
-    required = (MILVUS_SETTINGS if backend == "milvus" else IVF_SETTINGS if structure == "ivf"
-                else SPACE_SETTINGS.get(name, {}))
+    structure = structure_of(settings) if name == "code" else None
+    if structure is not None and structure not in CODE_INDEXES and structure not in RETIRED:
+        return f"names the structure {structure[:40]!r}, which this version does not know"
+    required = (CODE_INDEXES[structure].checks if structure in CODE_INDEXES
+                else MILVUS_SETTINGS if backend == "milvus" else {})
     for key, ok in required.items():
         if key not in settings:
             return f"has no {key} setting"

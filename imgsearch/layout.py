@@ -28,15 +28,11 @@ FILE_STATS = "file_stats.npy"
 
 PIXEL_BOUND = "pixel_bound.npz"  # pixel space: PCA projection for the lower bound that prunes the exact scan
 PCA = "pca.npz"  # pca space: mean, components and the projected collection
-ANNOY = "codes.ann"  # code space, Annoy's layout: trees over codes.npy
-ANNOY_DIRECTIONS = "code_ann_directions.npy"  # code space: (code_dim, ann_dims) projection the trees or lists are built over
+ANNOY = "codes.ann"  # code space on Annoy's trees (spaces/annoy_index.py)
+ANNOY_DIRECTIONS = "code_ann_directions.npy"  # code space: (code_dim, ann_dims) projection the trees, lists or graph are built over
 ANNOY_ROWS = "code_ann_rows.npy"  # code space: Annoy item -> row (-1: removed by an update); absent = identity
-# code space, the inverted file (the default; spaces/ivf.py): row-aligned with the lists, not the items
-IVF_CENTROIDS = "code_ivf_centroids.npy"  # (lists, ann_dims) k-means centres
-IVF_OFFSETS = "code_ivf_offsets.npy"  # (lists + 1,) where each list starts
-IVF_ROWS = "code_ivf_rows.npy"  # (N,) the item of each list entry
-IVF_HEAD = "code_ivf_head.npy"  # (N, scan_dims + 1) what the scan reads
-IVF_VECTORS = "code_ivf_vectors.npy"  # (N, ann_dims + 1) what the best of the scan are scored on
+FAISS_INDEX = "code_faiss.index"  # code space on faiss (spaces/faiss_index.py): faiss's own file format
+FAISS_ROWS = "code_faiss_rows.npy"  # code space on faiss: faiss id -> row (-1: removed by an update)
 BITS = "bits.npz"  # bits space: packed binary codes and the rotation that made them
 
 

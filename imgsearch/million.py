@@ -23,7 +23,7 @@ MARKER = ".complete"
 # The source images: the offline CIFAR-10 copy beside the repository (../shared/datasets/README.md).
 OFFLINE_TRAIN = str(Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "cifar10-jpg" / "train")
 CODE_SWEEP_SEARCH_KS = (8_000, 10_000, 13_000, 16_000)  # Annoy's trees: around the shipped SEARCH_K, where recall@10 crosses 0.98
-CODE_SWEEP_PROBES = (32, 48, 64, 96)  # the lists: around the shipped PROBES
+CODE_SWEEP_PROBES = (16, 24, 32, 48)  # faiss's lists or graph: around the shipped PROBES
 
 
 _SOURCES: list[str] = []  # each worker's copy of the source file list, set once by _init
@@ -192,7 +192,6 @@ def benchmark_million(collection: str | os.PathLike, model: str | os.PathLike, w
     from .search import Index
     from .spaces import DEFAULT_SPACES
     from .spaces.base import Query
-    from .spaces.ivf import IvfCodeSpace
 
     if only is not None and not set(only) <= set(PHASES):
         raise ValueError(f"The phases are {', '.join(PHASES)}.")
@@ -277,8 +276,8 @@ def benchmark_million(collection: str | os.PathLike, model: str | os.PathLike, w
                     del exact
                     # The trade-off around the shipped setting, on this build's lists or trees (measured after
                     # the figures above, so warm): recall moves by a few thousandths from one build to another.
-                    knob, values = (("probes", CODE_SWEEP_PROBES) if isinstance(space, IvfCodeSpace)
-                                    else ("search_k", CODE_SWEEP_SEARCH_KS))
+                    knob = space.structure.knob
+                    values = {"probes": CODE_SWEEP_PROBES, "search_k": CODE_SWEEP_SEARCH_KS}.get(knob, ())
                     figures["code_sweep"] = []
                     for value in values:
                         found_k, times_k = timed(lambda v: space.search(v, 10, **{knob: value})[0], vectors)

@@ -31,7 +31,7 @@ from imgsearch.search import Index
 from imgsearch.spaces import BuildInput, LoadInput
 from imgsearch.spaces.bits import BitsSpace
 from imgsearch.spaces.code import CodeSpace
-from imgsearch.spaces.milvus import MilvusBitsSpace, MilvusCodeSpace, connect
+from imgsearch.spaces.milvus import connect
 
 EFS = (16, 32, 64, 128)  # HNSW candidates per query: the recall/latency trade-off
 LITE_QUERIES = 100  # Milvus Lite scans in Python, ~0.2 s a query at 50,000: fewer queries suffice
@@ -70,7 +70,7 @@ def milvus_benchmark(index_dir: Path, n_queries: int, uri: str | None) -> dict:
 
     found, report["annoy"] = latency(index.spaces["code"], queries)
     report["annoy"]["recall_at_10"] = round(recall_at([f[0] for f in found], truth), 4)
-    code_settings = index.meta["spaces"]["code"]["settings"]  # the local code space: its lists, or Annoy's trees
+    code_settings = index.meta["spaces"]["code"]["settings"]  # the local code space: Annoy's trees, or faiss's
     report["annoy"]["settings"] = {k: code_settings[k] for k in ("structure", "lists", "probes", "n_trees", "search_k")
                                    if k in code_settings}
     local_bits = index.spaces["bits"]
@@ -90,7 +90,7 @@ def milvus_benchmark(index_dir: Path, n_queries: int, uri: str | None) -> dict:
         report["milvus_code"] = {"build_seconds": seconds, "index": section["settings"]["index_type"],
                                  "index_params": section["settings"]["index_params"], "sweep": []}
         for ef in EFS:
-            code.params["params"]["ef"] = ef
+            code.structure.params["params"]["ef"] = ef  # the Milvus collection the space searches
             found, row = latency(code, queries)
             row.update(ef=ef, recall_at_10=round(recall_at([f[0] for f in found], truth), 4))
             report["milvus_code"]["sweep"].append(row)
@@ -102,8 +102,8 @@ def milvus_benchmark(index_dir: Path, n_queries: int, uri: str | None) -> dict:
                                  "distances_equal_to_local": float(np.mean(same_d)),
                                  "ids_equal_to_local_except_ties_at_10th": float(np.mean(same_ids))}
         client = connect(uri)
-        for s in (code, bits):
-            client.drop_collection(s.collection)
+        for store in (code.structure, bits.scan):
+            client.drop_collection(store.collection)
 
         lite = work / "lite"
         lite.mkdir()

@@ -90,11 +90,16 @@ def index_dir(tmp_path_factory, collection, checkpoint) -> Path:
 
 
 @pytest.fixture(scope="session")
-def annoy_index_dir(tmp_path_factory, collection, checkpoint) -> Path:
-    """The same collection with the code space on Annoy's trees (`--code-index annoy`, and every index
-    built before the lists)."""
-    out = tmp_path_factory.mktemp("annoy-index") / "index"
-    build_index(collection, checkpoint, out, code_index="annoy", n_trees=4, search_k=1000, progress=False)
+def annoy_index_dir(index_dir) -> Path:
+    """The index with the code space on Annoy's trees: the default build's."""
+    return index_dir
+
+
+@pytest.fixture(scope="session")
+def faiss_index_dir(tmp_path_factory, collection, checkpoint) -> Path:
+    """The same collection with the code space on faiss's lists (`--code-index faiss`)."""
+    out = tmp_path_factory.mktemp("faiss-index") / "index"
+    build_index(collection, checkpoint, out, code_index="faiss", probes=4, maps=False, progress=False)
     return out
 
 
@@ -107,10 +112,16 @@ def copy_of(index_dir, tmp_path):
 
 
 @pytest.fixture
-def annoy_copy_of(annoy_index_dir, tmp_path):
-    """A private copy of the Annoy index's build directory."""
-    dst = tmp_path / "annoy-copy"
-    shutil.copytree(resolve(annoy_index_dir), dst)
+def annoy_copy_of(copy_of):
+    """A private copy of the index on Annoy's trees: the default build's."""
+    return copy_of
+
+
+@pytest.fixture
+def faiss_copy_of(faiss_index_dir, tmp_path):
+    """A private copy of the faiss index's build directory."""
+    dst = tmp_path / "faiss-copy"
+    shutil.copytree(resolve(faiss_index_dir), dst)
     return dst
 
 

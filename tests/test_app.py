@@ -47,7 +47,7 @@ def test_first_page_invites_a_query_and_describes_the_index(app):
     assert app.title[0].value.endswith("imgsearch")
     assert any("Upload an image or pick one" in i.value for i in app.info)
     sidebar = " ".join(m.value for m in app.sidebar.markdown)
-    assert "**60** images" in sidebar and "angular" in sidebar and "lists 15" in sidebar and "probes 64" in sidebar
+    assert "**60** images" in sidebar and "angular" in sidebar and "n_trees 4" in sidebar and "search_k 1,000" in sidebar
     assert all(f"**{s}**" in sidebar for s in ("pixel", "pca", "code", "bits")) and "64 bits (8 bytes)" in sidebar
 
 

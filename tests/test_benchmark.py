@@ -3,11 +3,31 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+
+from imgsearch.search import Index
+from test_spaces import exact_up_to_ties
 
 from conftest import OFFLINE, ROOT, write_collection
 
 pytestmark = pytest.mark.numeric  # recall of approximate search against BLAS-computed exact neighbours
+
+FIGURES = ("p50_ms", "p95_ms", "recall_at_10", "build_seconds", "bytes_per_item")
+
+
+def check_structures(table: dict, curves: dict, code_dim: int) -> None:
+    """The side-by-side table: exact, Annoy at its default and two other search_k, faiss's lists and graph,
+    each with every figure; and a recall/latency curve per structure."""
+    assert set(table) >= {"exact", "annoy", "faiss", "faiss_hnsw"} and len(table) == 6
+    assert sum(key.startswith("annoy_search_k_") for key in table) == 2
+    for name, row in table.items():
+        assert all(key in row for key in FIGURES), name
+        assert row["p50_ms"] > 0 and row["p95_ms"] >= row["p50_ms"] and 0 < row["recall_at_10"] <= 1, name
+        assert row["bytes_per_item"] >= 4 * code_dim, name  # every structure re-ranks on the full codes
+    assert table["exact"]["recall_at_10"] == 1.0 and table["exact"]["bytes_per_item"] == 4 * code_dim
+    assert all(table[name]["build_seconds"] > 0 for name in ("annoy", "faiss", "faiss_hnsw"))
+    assert set(curves) == {"annoy", "faiss", "faiss_hnsw"} and all(len(rows) == 6 for rows in curves.values())
 
 
 def test_quick_benchmark_produces_every_figure(tmp_path, checkpoint):
@@ -33,6 +53,10 @@ def test_quick_benchmark_produces_every_figure(tmp_path, checkpoint):
     assert len(rep["sweep"]) == 4 and all(0 <= row["recall_at_10"] <= 1 for row in rep["sweep"])
     assert (tmp_path / "sweep.png").stat().st_size > 1000
     assert "scale: 5,000 codes" in r.stdout
+    check_structures(rep["code_structures"], rep["code_structure_curves"], 64)
+    check_structures(s["code_structures"], s["code_structure_curves"], 64)
+    # the existing keys report the default structure, Annoy's trees
+    assert rep["code_structures"]["annoy"]["search_k"] == 6000 and "faiss_hnsw" in r.stdout
 
 
 def test_benchmark_without_the_scale_run_stops_after_the_queries(tmp_path, checkpoint):
@@ -44,8 +68,10 @@ def test_benchmark_without_the_scale_run_stops_after_the_queries(tmp_path, check
     assert r.returncode == 0, r.stderr
     rep = json.loads(out.read_text())
     assert "scale" not in rep and "sweep" not in rep and rep["pixel_p50_ms"] > 0 and rep["bits_p50_ms"] > 0
+    check_structures(rep["code_structures"], rep["code_structure_curves"], 64)
 
 
+@pytest.mark.numeric
 @pytest.mark.skipif(not (OFFLINE / "train").is_dir(), reason="the offline CIFAR-10 copy is not beside the repository")
 def test_the_million_run_measures_its_phases_and_measures_one_again_on_request(tmp_path, checkpoint):
     """`benchmark --million` at 300 images: each chosen phase's figures, kept in the work folder, and
@@ -63,8 +89,13 @@ def test_the_million_run_measures_its_phases_and_measures_one_again_on_request(t
     first = million("clean,queries,update")
     assert first["indexed"] == 300 and first["build_images_per_s"] > 0 and first["build_peak_anon_mb"] > 0
     assert first["code_p50_ms"] > 0 and 0 < first["code_recall_at_10"] <= 1 and first["load_seconds"] > 0
-    assert [row["probes"] for row in first["code_sweep"]] == [32, 48, 64, 96]
-    assert all(row["recall_at_10"] == 1.0 for row in first["code_sweep"][1:])  # 300 items in 35 lists: all scanned
+    assert [row["search_k"] for row in first["code_sweep"]] == [8000, 10000, 13000, 16000]  # on Annoy's trees
+    assert all(0 < row["recall_at_10"] <= 1 for row in first["code_sweep"])
+    # 16,000 nodes cover the 300 items' trees: the widest setting returns the exact neighbours up to ties
+    index = Index.load(tmp_path / "work" / "million" / "million-index")
+    for q in (0, 150, 299):
+        ids, dists = index.spaces["code"].search(index.codes[q], 10, search_k=16_000)
+        assert exact_up_to_ties(np.asarray(index.codes), index.codes[q], ids, dists, 10)
     assert (first["update_added"], first["update_unchanged"], first["update_items"]) == (3, 300, 303)
     assert "resume_overhead" not in first  # not asked for, never measured
     again = million("update")

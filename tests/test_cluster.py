@@ -67,7 +67,7 @@ def test_lite_holds_the_code_and_leaves_the_bits_local(lite_index, collection_di
 
 def test_lite_answers_are_exact_search(lite_index, index_dir):
     index, annoy = Index.load(lite_index), Index.load(index_dir)
-    assert type(index.spaces["code"]).__name__ == "MilvusCodeSpace"
+    assert type(index.spaces["code"].structure).__name__ == "MilvusCodeIndex"
     assert np.array_equal(index.codes, annoy.codes)  # the same folder and model: the same codes
     for q in (0, 17, 33, 59):
         res = index.search(q, k=5, spaces=["code", "bits"])
@@ -217,7 +217,7 @@ def test_a_milvus_server_holds_both_spaces_through_a_rebuild(milvus_server, offl
     assert set(names) <= set(client.list_collections())
 
     index, annoy = Index.load(out), Index.load(reference["index"])
-    assert type(index.spaces["bits"]).__name__ == "MilvusBitsSpace"
+    assert type(index.spaces["bits"].scan).__name__ == "MilvusBits"
     codes = np.asarray(index.codes)
     queries = np.random.default_rng(0).choice(len(index), QUERIES, replace=False)
     recall = {"milvus": [], "annoy": []}

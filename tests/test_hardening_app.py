@@ -44,11 +44,11 @@ def test_a_damaged_index_shows_a_sentence_without_server_paths(index_dir, tmp_pa
     copy = tmp_path / "secret-place" / "index"
     shutil.copytree(resolve(index_dir), copy)
     meta = json.loads((copy / layout.META).read_text())
-    meta["spaces"]["code"]["settings"]["probes"] = "lots"
+    meta["spaces"]["code"]["settings"]["search_k"] = "lots"
     (copy / layout.META).write_text(json.dumps(meta))
     at = page(monkeypatch, copy)
     text = shown_text(at)
-    assert "unusable probes setting" in text and "rebuild" in text
+    assert "unusable search_k setting" in text and "rebuild" in text
     assert str(tmp_path) not in text and "secret-place" not in text and "/meta.json" not in text
     assert len(at.text_input) == 0
 
@@ -121,11 +121,11 @@ def test_a_corrupt_evaluation_report_says_so(index_dir, tmp_path, monkeypatch):
 def swapped(tmp_path, collection, checkpoint, monkeypatch):
     """A page on a 60-item index, and a function that swaps in a 5-item one under it."""
     out = tmp_path / "index"
-    build_index(collection, checkpoint, out, probes=2, maps=False, progress=False)
+    build_index(collection, checkpoint, out, search_k=2, maps=False, progress=False)
     at = page(monkeypatch, out)
 
     def swap():
-        build_index(collection.subset(5), checkpoint, out, probes=2, maps=False, progress=False)
+        build_index(collection.subset(5), checkpoint, out, search_k=2, maps=False, progress=False)
     return at, swap
 
 

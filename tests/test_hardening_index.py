@@ -80,11 +80,10 @@ def test_flipped_bytes_in_the_annoy_file_are_refused_before_any_search(annoy_ind
 
 
 @pytest.mark.parametrize("name", [layout.PIXELS, layout.LABELS, layout.CODES, layout.PATHS, layout.PIXEL_BOUND,
-                                  layout.PCA, layout.BITS, layout.ANNOY_DIRECTIONS, layout.IVF_CENTROIDS,
-                                  layout.IVF_OFFSETS, layout.IVF_ROWS, layout.IVF_HEAD, layout.IVF_VECTORS, layout.ANNOY,
-                                  layout.ANNOY_ROWS, "map_code.npy", "map_pixel.npy"])
+                                  layout.PCA, layout.BITS, layout.ANNOY_DIRECTIONS, layout.ANNOY, layout.ANNOY_ROWS,
+                                  layout.FAISS_INDEX, layout.FAISS_ROWS, "map_code.npy", "map_pixel.npy"])
 def test_a_flipped_byte_in_any_file_is_one_sentence(request, name):
-    copy_of = request.getfixturevalue("annoy_copy_of" if name in (layout.ANNOY, layout.ANNOY_ROWS) else "copy_of")
+    copy_of = request.getfixturevalue("faiss_copy_of" if name in (layout.FAISS_INDEX, layout.FAISS_ROWS) else "copy_of")
     path = copy_of / name
     flip(path, [path.stat().st_size // 2])  # the middle: array data, which no parser would notice
     with pytest.raises(IndexLoadError, match=f"^{name} in the index at .* is missing or corrupt .*rebuild it") as e:
@@ -136,10 +135,9 @@ def _set(path, value):
     (("maps",), "t-SNE", "'maps' must be null or an object"),
     (("spaces", "code", "metric"), "manhattan", "code space's section names the metric 'manhattan'"),
     (("spaces", "pixel", "metric"), KeyError, "pixel space's section has no metric"),
-    (("spaces", "code", "settings", "lists"), KeyError, "code space's section has no lists setting"),
-    (("spaces", "code", "settings", "probes"), "1e4", "unusable probes setting"),
-    (("spaces", "code", "settings", "probes"), 0, "unusable probes setting"),
+    (("spaces", "code", "settings", "n_trees"), KeyError, "code space's section has no n_trees setting"),
     (("spaces", "code", "settings", "structure"), "hnsw", "names the structure 'hnsw'"),
+    (("spaces", "code", "settings", "structure"), "ivf", "unusable: it is built on the hand-made inverted file, which faiss's lists replaced; rebuild it"),
     (("spaces", "bits", "files"), ["bits.npz", "extra.npz"], "lists extra.npz, which has no checksum"),
     (("spaces", "pca", "files"), ["../../etc/passwd"], "must list its files by name"),
     (("spaces", "bits", "bits"), KeyError, "gives neither dims nor bits"),
@@ -165,6 +163,19 @@ def test_damaged_annoy_settings_are_one_sentence(annoy_copy_of, path, value, wor
     assert "\n" not in str(e.value) and "rebuild" in str(e.value)
 
 
+@pytest.mark.parametrize("path, value, words", [
+    (("spaces", "code", "settings", "lists"), KeyError, "code space's section has no lists setting"),
+    (("spaces", "code", "settings", "probes"), "1e4", "unusable probes setting"),
+    (("spaces", "code", "settings", "probes"), 0, "unusable probes setting"),
+    (("spaces", "code", "settings", "lists"), 7, "code_faiss.index is not the 64-d index of 60 items"),
+])
+def test_damaged_faiss_settings_are_one_sentence(faiss_copy_of, path, value, words):
+    edit_meta(faiss_copy_of, _set(path, value))
+    with pytest.raises(IndexLoadError, match=words) as e:
+        Index.load(faiss_copy_of)
+    assert "\n" not in str(e.value) and "rebuild" in str(e.value)
+
+
 def test_labels_beyond_the_classes_are_refused(copy_of):
     edit_meta(copy_of, _set(("classes",), []))  # the labels still say 0, 1 and 2
     with pytest.raises(IndexLoadError, match="labels outside the 0 classes"):
@@ -180,20 +191,21 @@ def test_a_collection_without_classes_still_loads(copy_of):
 
 
 @pytest.mark.parametrize("code_index, damage, words", [
-    ("ivf", lambda d: np.save(d / layout.PIXELS, np.load(d / layout.PIXELS).astype(np.float32)), "pixels.npy .*holds float32"),
-    ("ivf", lambda d: np.save(d / layout.LABELS, np.load(d / layout.LABELS) + 5), "labels outside the 3 classes"),
-    ("ivf", lambda d: (d / layout.PATHS).write_text(json.dumps([["a"]] * 60)), "paths.json .*neither a path nor null"),
-    ("ivf", lambda d: np.save(d / layout.IVF_ROWS, np.zeros(60, dtype=np.int64)), "code_ivf_rows.npy does not hold every item"),
-    ("ivf", lambda d: np.save(d / layout.IVF_ROWS, np.roll(np.load(d / layout.IVF_ROWS), 1)),
-     "code_ivf_vectors.npy and codes.npy disagree"),
-    ("ivf", lambda d: np.save(d / layout.IVF_OFFSETS, np.load(d / layout.IVF_OFFSETS)[::-1]), "code_ivf_offsets.npy does not split"),
-    ("ivf", lambda d: np.save(d / layout.IVF_HEAD, np.load(d / layout.IVF_HEAD)[:, :5]), "code_ivf_head.npy or .* is not the shape"),
+    ("faiss", lambda d: np.save(d / layout.PIXELS, np.load(d / layout.PIXELS).astype(np.float32)), "pixels.npy .*holds float32"),
+    ("faiss", lambda d: np.save(d / layout.LABELS, np.load(d / layout.LABELS) + 5), "labels outside the 3 classes"),
+    ("faiss", lambda d: (d / layout.PATHS).write_text(json.dumps([["a"]] * 60)), "paths.json .*neither a path nor null"),
+    ("faiss", lambda d: np.save(d / layout.FAISS_ROWS, np.zeros(60, dtype=np.int64)), "code_faiss_rows.npy does not map"),
+    ("faiss", lambda d: np.save(d / layout.FAISS_ROWS, np.roll(np.load(d / layout.FAISS_ROWS), 1)),
+     "code_faiss.index and codes.npy disagree"),
+    ("faiss", lambda d: np.save(d / layout.FAISS_ROWS, np.arange(59)), "code_faiss_rows.npy does not map"),
+    ("faiss", lambda d: (d / layout.FAISS_INDEX).write_bytes(b"IxF2" + bytes(100)), "code_faiss.index is not the 64-d index"),
+    ("faiss", lambda d: (d / layout.FAISS_INDEX).write_bytes(b"garbage"), "code_faiss.index is missing or corrupt"),
     ("annoy", lambda d: np.save(d / layout.ANNOY_ROWS, np.zeros(60, dtype=np.int64)), "code_ann_rows.npy .*distinct items"),
     ("annoy", lambda d: np.save(d / layout.ANNOY_ROWS, np.roll(np.load(d / layout.ANNOY_ROWS), 1)),
      "codes.ann and codes.npy disagree"),
 ])
 def test_files_with_the_right_checksum_but_unusable_contents_are_refused(request, code_index, damage, words):
-    copy_of = request.getfixturevalue("annoy_copy_of" if code_index == "annoy" else "copy_of")
+    copy_of = request.getfixturevalue("annoy_copy_of" if code_index == "annoy" else "faiss_copy_of")
     damage(copy_of)
     reseal(copy_of)  # written so by a buggy tool, say: only the contents can tell
     with pytest.raises(IndexLoadError, match=words):
@@ -240,7 +252,7 @@ def test_a_second_build_into_the_same_out_waits_for_the_first(tmp_path, collecti
 
     def build(name, on_step):
         try:
-            build_index(collection, checkpoint, out, probes=2, maps=False, progress=False, on_step=on_step)
+            build_index(collection, checkpoint, out, search_k=2, maps=False, progress=False, on_step=on_step)
         except Exception as e:  # noqa: BLE001 - any failure is the bug under test
             errors.append(e)
 
@@ -275,14 +287,14 @@ KILLED_BUILD = textwrap.dedent("""
         if step == sys.argv[4]:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    build_index(load_folder(sys.argv[2], progress=False), sys.argv[5], sys.argv[3], probes=2, maps=False,
+    build_index(load_folder(sys.argv[2], progress=False), sys.argv[5], sys.argv[3], search_k=2, maps=False,
                 progress=False, on_step=die)
 """)
 
 
 def test_a_killed_build_leaves_nothing_that_outlives_the_next_build(tmp_path, collection_dir, collection, checkpoint):
     out = tmp_path / "index"
-    build_index(collection, checkpoint, out, probes=2, maps=False, progress=False)
+    build_index(collection, checkpoint, out, search_k=2, maps=False, progress=False)
     live = resolve(out)
     r = subprocess.run([sys.executable, "-c", KILLED_BUILD, str(ROOT), str(collection_dir), str(out), "writing",
                         str(checkpoint)], capture_output=True, text=True, timeout=300)
@@ -291,10 +303,10 @@ def test_a_killed_build_leaves_nothing_that_outlives_the_next_build(tmp_path, co
     stale_link = tmp_path / f".index.link-{os.getpid()}"
     stale_link.symlink_to("index.builds/gone")
     # the kernel released the killed build's lock: this build neither waits nor fails
-    build_index(collection, checkpoint, out, probes=3, maps=False, progress=False, wait=False)
+    build_index(collection, checkpoint, out, search_k=3, maps=False, progress=False, wait=False)
     assert not list((tmp_path / "index.builds").glob("*.partial")) and not stale_link.is_symlink()
     assert not list(tmp_path.glob(".index.link-*"))
-    assert Index.load(out).meta["spaces"]["code"]["settings"]["probes"] == 3
+    assert Index.load(out).meta["spaces"]["code"]["settings"]["search_k"] == 3
 
 
 def built(summary):
@@ -309,15 +321,15 @@ def age(path, seconds):
 def test_pruning_keeps_the_live_build_and_the_one_before_whatever_their_names(tmp_path, collection, checkpoint):
     out = tmp_path / "index"
     builds = tmp_path / "index.builds"
-    first = built(build_index(collection, checkpoint, out, probes=2, maps=False, progress=False))
-    second = built(build_index(collection, checkpoint, out, probes=2, maps=False, progress=False))
+    first = built(build_index(collection, checkpoint, out, search_k=2, maps=False, progress=False))
+    second = built(build_index(collection, checkpoint, out, search_k=2, maps=False, progress=False))
     # A complete build that was never published (killed between writing and the swap), named to sort last
     leftover = builds / "99999999-999999-leftover"
     shutil.copytree(second, leftover)
     hour = 3600
     for p in (first, second, leftover):
         age(p, hour)
-    third = built(build_index(collection, checkpoint, out, probes=2, maps=False, progress=False))
+    third = built(build_index(collection, checkpoint, out, search_k=2, maps=False, progress=False))
     assert resolve(out) == third
     assert second.is_dir() and Index.load(second).search(1, k=2).code  # the build before the live one
     assert not first.exists() and not leftover.exists()
@@ -325,12 +337,12 @@ def test_pruning_keeps_the_live_build_and_the_one_before_whatever_their_names(tm
 
 def test_pruning_spares_builds_that_a_reader_may_still_be_loading(tmp_path, collection, checkpoint):
     out = tmp_path / "index"
-    made = [built(build_index(collection, checkpoint, out, probes=2, maps=False, progress=False))
+    made = [built(build_index(collection, checkpoint, out, search_k=2, maps=False, progress=False))
             for _ in range(3)]
     # the first stopped being live seconds ago: a process that resolved the link just before may still be loading it
     assert all(p.is_dir() for p in made) and PRUNE_GRACE_SECONDS >= 60
     age(made[0], PRUNE_GRACE_SECONDS + 1)
-    build_index(collection, checkpoint, out, probes=2, maps=False, progress=False)
+    build_index(collection, checkpoint, out, search_k=2, maps=False, progress=False)
     assert not made[0].exists() and made[1].is_dir() and made[2].is_dir()
 
 

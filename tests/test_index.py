@@ -23,15 +23,15 @@ def test_meta_describes_the_index(index_dir, collection, checkpoint):
     assert list(spaces) == ["pixel", "pca", "code", "bits"] and meta["spaces_skipped"] == {}
     assert spaces["code"]["metric"] == "angular" and spaces["code"]["dims"] == 64
     code = spaces["code"]["settings"]
-    assert code["structure"] == "ivf" and code["probes"] == 64 and code["lists"] == 15 and code["scan_dims"] == 24
+    assert code["structure"] == "annoy" and code["n_trees"] == 4 and code["search_k"] == 1000 and code["ann_dims"] == 64
     assert spaces["pixel"]["dims"] == 3072 and spaces["pca"]["dims"] == 256
     assert spaces["bits"]["metric"] == "hamming" and spaces["bits"]["bits"] == 64 and spaces["bits"]["bytes_per_item"] == 8
     assert meta["classes"] == ["blue", "green", "red"]
     assert meta["collection"] == collection.spec and meta["skipped"] == 0
     assert len(meta["model"]["fingerprint"]) == 16 and meta["preprocessing"]["size"] == 32
     files = {p.name for p in resolve(index_dir).iterdir()}
-    assert files == {"meta.json", "model.pt", "codes.npy", "code_ann_directions.npy", "code_ivf_centroids.npy",
-                     "code_ivf_offsets.npy", "code_ivf_rows.npy", "code_ivf_head.npy", "code_ivf_vectors.npy", "pixels.npy", "labels.npy", "paths.json", "file_stats.npy", "map_code.npy", "map_pixel.npy",
+    assert files == {"meta.json", "model.pt", "codes.npy", "code_ann_directions.npy", "codes.ann", "code_ann_rows.npy",
+                     "pixels.npy", "labels.npy", "paths.json", "file_stats.npy", "map_code.npy", "map_pixel.npy",
                      "pixel_bound.npz", "pca.npz", "bits.npz"}
     assert files >= {f for s in meta["spaces"].values() for f in s["files"]}
 
@@ -45,9 +45,9 @@ def test_the_code_space_built_beside_the_others_gives_the_files_of_a_build_in_tu
     build = CodeSpace.build.__func__
     monkeypatch.setattr(CodeSpace, "build", classmethod(
         lambda cls, *a, **kw: threads.append(threading.current_thread()) or build(cls, *a, **kw)))
-    build_index(collection, checkpoint, tmp_path / "beside", probes=4, progress=False)
+    build_index(collection, checkpoint, tmp_path / "beside", search_k=4, progress=False)
     monkeypatch.setattr(CodeSpace, "builds_beside", False)
-    build_index(collection, checkpoint, tmp_path / "in_turn", probes=4, progress=False)
+    build_index(collection, checkpoint, tmp_path / "in_turn", search_k=4, progress=False)
     assert threads[0] is not threading.main_thread() and threads[1] is threading.main_thread()
     beside, in_turn = read_meta(tmp_path / "beside"), read_meta(tmp_path / "in_turn")
     assert beside["checksums"] == in_turn["checksums"]  # every file, the maps included, bit for bit
@@ -71,10 +71,10 @@ def test_files_are_row_aligned(index_dir, collection):
     assert index.paths == collection.paths
     assert [index.label(i) for i in range(60)] == [collection.label_name(i) for i in range(60)]
     for i in (0, 31, 59):
-        code = index.spaces["code"]  # item i's list entry holds code i at unit length, projected on the directions
+        trees = index.spaces["code"].structure  # item i's Annoy item holds code i at unit length, projected
         unit = index.codes[i] / np.linalg.norm(index.codes[i])
-        [entry] = np.flatnonzero(code.lists.rows == i)
-        assert np.allclose(code.lists.vectors[entry, :-1], unit @ code.directions, atol=1e-6)
+        [item] = np.flatnonzero(trees.ann_rows == i)
+        assert np.allclose(trees.ann.get_item_vector(int(item)), unit @ trees.directions, atol=1e-6)
         assert np.allclose(index.encode(collection.pixels[i]), index.codes[i], atol=1e-5)
 
 
@@ -137,19 +137,19 @@ def test_hits_are_sorted_and_carry_labels(index_dir):
     assert all(h.label == "red" for h in res.pixel)
 
 
-@pytest.mark.parametrize("code_index", ["ivf", "annoy"])
+@pytest.mark.parametrize("code_index", ["faiss", "annoy"])
 def test_seeded_builds_are_identical(tmp_path, collection, checkpoint, code_index):
     a = build_index(collection, checkpoint, tmp_path / "a", code_index=code_index, maps=False, progress=False)
     b = build_index(collection, checkpoint, tmp_path / "b", code_index=code_index, maps=False, progress=False)
     names = {f for s in read_meta(a["index"])["spaces"].values() for f in s["files"]}
-    assert (layout.ANNOY in names) == (code_index == "annoy") and (layout.IVF_HEAD in names) == (code_index == "ivf")
+    assert (layout.ANNOY in names) == (code_index == "annoy") and (layout.FAISS_INDEX in names) == (code_index == "faiss")
     for name in sorted(names | {"pixels.npy", "labels.npy", "paths.json"}):
         assert (resolve(a["index"]) / name).read_bytes() == (resolve(b["index"]) / name).read_bytes(), name
 
 
 def test_rebuild_swaps_atomically_and_the_old_index_keeps_serving(tmp_path, collection, checkpoint):
     out = tmp_path / "index"
-    build_index(collection, checkpoint, out, probes=2, maps=False, progress=False)
+    build_index(collection, checkpoint, out, search_k=2, maps=False, progress=False)
     first = resolve(out)
     old = Index.load(out)
     seen = []
@@ -160,16 +160,16 @@ def test_rebuild_swaps_atomically_and_the_old_index_keeps_serving(tmp_path, coll
             assert Index.load(out).path == first  # readers still get the complete old index
             assert old.search(5, k=3).code  # and an open one keeps answering
 
-    build_index(collection, checkpoint, out, probes=3, maps=False, progress=False, on_step=during)
+    build_index(collection, checkpoint, out, search_k=3, maps=False, progress=False, on_step=during)
     assert seen == [first]
-    assert resolve(out) != first and read_meta(out)["spaces"]["code"]["settings"]["probes"] == 3
-    assert old.search(5, k=3).pixel and old.meta["spaces"]["code"]["settings"]["probes"] == 2
+    assert resolve(out) != first and read_meta(out)["spaces"]["code"]["settings"]["search_k"] == 3
+    assert old.search(5, k=3).pixel and old.meta["spaces"]["code"]["settings"]["search_k"] == 2
     assert not [p for p in (tmp_path / "index.builds").iterdir() if p.name.endswith(".partial")]
 
 
 def test_a_failed_build_leaves_the_old_index_in_place(tmp_path, collection, checkpoint):
     out = tmp_path / "index"
-    build_index(collection, checkpoint, out, probes=2, maps=False, progress=False)
+    build_index(collection, checkpoint, out, search_k=2, maps=False, progress=False)
     first = resolve(out)
 
     def fail(step, frac):
@@ -177,14 +177,14 @@ def test_a_failed_build_leaves_the_old_index_in_place(tmp_path, collection, chec
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        build_index(collection, checkpoint, out, probes=3, maps=False, progress=False, on_step=fail)
-    assert resolve(out) == first and Index.load(out).meta["spaces"]["code"]["settings"]["probes"] == 2
+        build_index(collection, checkpoint, out, search_k=3, maps=False, progress=False, on_step=fail)
+    assert resolve(out) == first and Index.load(out).meta["spaces"]["code"]["settings"]["search_k"] == 2
     assert not [p for p in (tmp_path / "index.builds").iterdir() if p.name.endswith(".partial")]
 
 
 def test_concurrent_readers_never_see_a_half_index(tmp_path, collection, checkpoint):
     out = tmp_path / "index"
-    build_index(collection, checkpoint, out, probes=2, maps=False, progress=False)
+    build_index(collection, checkpoint, out, search_k=2, maps=False, progress=False)
     errors, stop = [], threading.Event()
 
     def reader():
@@ -196,8 +196,8 @@ def test_concurrent_readers_never_see_a_half_index(tmp_path, collection, checkpo
 
     t = threading.Thread(target=reader)
     t.start()
-    for probes in (3, 4, 5):
-        build_index(collection, checkpoint, out, probes=probes, maps=False, progress=False)
+    for search_k in (3, 4, 5):
+        build_index(collection, checkpoint, out, search_k=search_k, maps=False, progress=False)
     stop.set()
     t.join()
     assert errors == []
@@ -232,8 +232,8 @@ def test_a_different_code_dimension_is_refused(copy_of, tmp_path):
 
 
 @pytest.mark.parametrize("damage, words", [
-    (lambda d: (d / "code_ivf_head.npy").write_bytes((d / "code_ivf_head.npy").read_bytes()[:1000]), "code_ivf_head.npy"),
-    (lambda d: (d / "code_ivf_rows.npy").unlink(), "code_ivf_rows.npy"),
+    (lambda d: (d / "codes.ann").write_bytes((d / "codes.ann").read_bytes()[:1000]), "codes.ann"),
+    (lambda d: (d / "code_ann_rows.npy").unlink(), "code_ann_rows.npy"),
     (lambda d: (d / "meta.json").write_text("{not json"), "corrupt"),
     (lambda d: (d / "meta.json").unlink(), "No index"),
     (lambda d: (d / "model.pt").write_bytes(b"garbage"), "not a readable"),

@@ -213,7 +213,7 @@ def angular(codes: np.ndarray, q: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(2 - 2 * unit @ (q / np.linalg.norm(q)), 0))
 
 
-@pytest.mark.parametrize("code_index", ["ivf", "annoy"])
+@pytest.mark.parametrize("code_index", ["faiss", "annoy"])
 def test_an_update_carries_the_previous_build_over_and_answers_as_exact_search(tmp_path, checkpoint, code_index):
     from imgsearch.search import Index
 
@@ -236,10 +236,15 @@ def test_an_update_carries_the_previous_build_over_and_answers_as_exact_search(t
         assert layout.ANNOY_ROWS in code["files"] and os.path.samefile(first / layout.ANNOY, now / layout.ANNOY)
         assert (code["settings"]["outside_trees"], code["settings"]["removed_from_trees"]) == (3, 2)
         assert meta["checksums"][layout.ANNOY] == read_meta(first)["checksums"][layout.ANNOY]
-    else:  # the same centres and projection, every item (the 3 new ones too) in the lists once
-        for name in (layout.IVF_CENTROIDS, layout.ANNOY_DIRECTIONS):
-            assert meta["checksums"][name] == read_meta(first)["checksums"][name], name
-        assert sorted(np.load(now / layout.IVF_ROWS)) == list(range(121))
+    else:  # the same centres and projection; the 2 old entries removed, the 3 new ones added under new ids
+        import faiss
+        assert meta["checksums"][layout.ANNOY_DIRECTIONS] == read_meta(first)["checksums"][layout.ANNOY_DIRECTIONS]
+        lists = [faiss.read_index(str(d / layout.FAISS_INDEX)) for d in (first, now)]
+        centres = [faiss.downcast_index(i.quantizer).reconstruct_n(0, i.nlist) for i in lists]
+        assert (centres[0] == centres[1]).all() and (lists[0].ntotal, lists[1].ntotal) == (120, 121)
+        rows = np.load(now / layout.FAISS_ROWS)
+        assert len(rows) == 123 and (rows < 0).sum() == 2 and sorted(rows[rows >= 0]) == list(range(121))
+        assert list(rows[120:]) == [118, 119, 120]  # the new items, the last rows, under ids after the old ones
     for name in ("pixel", "pca", "bits", "code"):
         assert meta["spaces"][name]["settings"]["fitted_in"] == first.name, name
     assert meta["maps"]["kept_from"] == first.name
@@ -255,7 +260,7 @@ def test_an_update_carries_the_previous_build_over_and_answers_as_exact_search(t
     # Every space answers as exact search over what the updated index holds (the code space made exact by
     # scanning every list, or visiting every node).
     flat = index.pixels.reshape(len(index), -1).astype(np.int64)
-    everything = {"annoy": {"search_k": 10**6}, "ivf": {"probes": 10**6}}[code_index]
+    everything = {"annoy": {"search_k": 10**6}, "faiss": {"probes": 10**6}}[code_index]
     for q in (0, 50, len(index) - 1):  # a kept item, another, a new one
         ids, _ = index.spaces["code"].search(index.codes[q], 10, **everything)
         d = angular(index.codes, index.codes[q])

@@ -13,8 +13,11 @@ from imgsearch.pca import fit_pca
 from imgsearch.search import Index
 from imgsearch.spaces import SPACES, BuildInput, LoadInput, Query, Space, SpaceUnavailable, register_space
 from imgsearch.spaces.bits import HammingScan, binarise, fit_binariser, word_major
-from imgsearch.spaces.code import annoy_code_search, build_annoy, locality_order, served_code_search
-from imgsearch.spaces.ivf import InvertedFile, write_lists
+from imgsearch.spaces.annoy_index import annoy_code_search, build_annoy, locality_order
+from imgsearch.spaces.backends import CODE_INDEXES, register_code_index
+from imgsearch.spaces.code import served_code_search
+from imgsearch.spaces.code_index import CodeIndex
+from imgsearch.spaces.vectors import METRIC, rerank, unit_rows
 from imgsearch.spaces.pixel import PixelSpace, squared_distances
 
 from conftest import angular_slack, dot_slack, reseal
@@ -181,6 +184,7 @@ def test_the_shared_pixel_projection_is_each_space_s_own_bit_for_bit(tmp_path):
 
 # ---- the four spaces in an index -------------------------------------------------------------
 
+@pytest.mark.numeric
 def test_every_space_finds_an_item_itself_at_distance_zero(index_dir, collection):
     index = Index.load(index_dir)
     assert list(index.spaces) == ["pixel", "pca", "code", "bits"]
@@ -248,6 +252,7 @@ def angular_order(codes: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndar
     return np.lexsort((np.arange(len(d)), d)), d
 
 
+@pytest.mark.numeric
 def test_the_code_space_re_ranks_the_projected_trees_answer_on_the_full_codes():
     # Codes of rank 40 in 256 dimensions: the trees' 64 directions hold all of them, so with every node
     # visited the candidates are the true nearest, and the re-rank must give brute force's answer.
@@ -261,53 +266,94 @@ def test_the_code_space_re_ranks_the_projected_trees_answer_on_the_full_codes():
     unit = codes[row] / np.linalg.norm(codes[row])
     assert np.allclose(space.ann.get_item_vector(7), unit @ space.directions, atol=1e-5)
     for q in (codes[5], codes[9] + 0.1 * codes[11], codes[1:4].sum(0)):
-        order, d = angular_order(codes, q)
         for k in (1, 10, 120):  # 120: more than the 50 candidates, so the trees are asked for k
             ids, dists = space.search(q, k)
-            assert ids.tolist() == order[:k].tolist() and np.allclose(dists, d[ids], atol=1e-5)
+            assert exact_up_to_ties(codes, q, ids, dists, k)
 
 
-def test_the_code_space_lists_re_rank_on_the_full_codes_and_are_exact_when_all_are_scanned():
-    # The same rank-40 codes: the 64 directions hold them whole, so with every list scanned the candidates
-    # are the true nearest, and the re-rank must give brute force's answer.
+def exact_up_to_ties(codes: np.ndarray, q: np.ndarray, ids: np.ndarray, dists: np.ndarray, k: int) -> bool:
+    """ids and dists are brute force's k nearest up to distance ties within float32 rounding: each reported
+    distance is the item's own, and the k reported are the k smallest (a near-tie may swap which item is kth).
+    Compared as squared angular distances, 2 - 2 cos, whose float32 rounding is a few eps times sqrt(dim)."""
+    _, d = angular_order(codes, q)
+    tol = 8 * np.finfo(np.float32).eps * np.sqrt(codes.shape[1])
+    return (len(ids) == k and len(set(ids.tolist())) == k
+            and np.allclose(dists ** 2, d[ids] ** 2, rtol=0, atol=tol)
+            and np.allclose(np.sort(d[ids] ** 2), np.sort(d ** 2)[:k], rtol=0, atol=tol))
+
+
+@pytest.mark.numeric
+@pytest.mark.parametrize("structure, everything", [("faiss", {"probes": 10**6}), ("faiss_hnsw", {"probes": 10**4})])
+def test_faiss_structures_re_rank_on_the_full_codes_and_a_full_scan_is_exact(structure, everything):
+    # The rank-40 codes again: the 64 directions hold them whole, so with every list scanned (or the whole
+    # graph walked) the candidates are the true nearest, and the re-rank must give brute force's neighbours.
     rng = np.random.default_rng(3)
     codes = (rng.standard_normal((2000, 40)) @ rng.standard_normal((40, 256))).astype(np.float32)
-    space = served_code_search(codes)
-    lists = space.lists
-    assert space.directions.shape == (256, 64) and lists.centroids.shape == (89, 64)  # 2·sqrt(2000) lists
-    assert sorted(lists.rows) == list(range(2000)) and lists.offsets[0] == 0 and lists.offsets[-1] == 2000
-    entry = 7
-    unit = codes[lists.rows[entry]] / np.linalg.norm(codes[lists.rows[entry]])
-    assert np.allclose(lists.vectors[entry, :64], unit @ space.directions, atol=1e-5)
-    assert np.isclose(lists.vectors[entry, 64], -0.5 * np.sum(lists.vectors[entry, :64] ** 2))
-    assert np.array_equal(lists.head[:, :24], lists.vectors[:, :24])
+    found = served_code_search(codes, structure=structure, probes=16)
+    assert found.directions.shape == (256, 64) and found.index.ntotal == 2000 and list(found.rows) == list(range(2000))
+    if structure == "faiss":
+        assert found.index.nlist == 45 and found.section["settings"]["lists"] == 45  # sqrt(2000) lists
     for q in (codes[5], codes[9] + 0.1 * codes[11], codes[1:4].sum(0)):
-        order, d = angular_order(codes, q)
-        for k in (1, 10, 120):
-            ids, dists = space.search(q, k, probes=10**6)
-            assert ids.tolist() == order[:k].tolist() and np.allclose(dists, d[ids], atol=1e-5)
-        assert len(set(space.search(q, 10)[0]) & set(order[:10])) >= 8  # 64 of 89 lists: nearly all found
+        for k in (1, 10, 120):  # 120: more than the 50 candidates, so the structure is asked for k
+            ids, dists = found.search(q, k, **everything)
+            assert exact_up_to_ties(codes, q, ids, dists, k)
+        order, _ = angular_order(codes, q)
+        assert len(set(found.search(q, 10)[0]) & set(order[:10])) >= 8  # 16 probes (of 45 lists): most found
 
 
-def test_a_query_scans_only_the_lists_nearest_it(tmp_path):
-    # Four tight clusters, one list each: with one list probed, a query near a cluster's centre finds
-    # only that cluster's items (its 3 nearest when asked for 3); with two, the second-nearest cluster joins.
+def test_a_query_scans_only_the_lists_nearest_it():
+    # Four tight clusters, one list each (sqrt(20) lists): with one list probed, a query near a cluster's
+    # centre finds only that cluster's items; with two, the second-nearest cluster joins.
     centres = np.array([[10, 0, 0, 0], [0, 10, 0, 0], [0, 0, 10, 0], [0, 0, 0, 10]], dtype=np.float32)
     rng = np.random.default_rng(0)
     cluster = np.tile(np.arange(4), 5)  # rows 0, 4, 8, ... in cluster 0
-    points = centres[cluster] + rng.uniform(-1, 1, (20, 4)).astype(np.float32)
-    codes = points / np.linalg.norm(points, axis=1, keepdims=True)  # unit already: projected as they are
-    offsets, rows = write_lists(codes, np.eye(4, dtype=np.float32), centres / 10, tmp_path, scan_dims=2)
-    assert offsets.tolist() == [0, 5, 10, 15, 20] and rows.tolist() == sorted(rows, key=lambda r: (cluster[r], r))
-    lists = InvertedFile.load(LoadInput(tmp_path, 20, None, codes), {"lists": 4, "scan_dims": 2, "probes": 1,
-                                                                     "rescored": 1000}, 4)
-    q = np.array([0.9, 0.3, 0, 0], dtype=np.float32)
-    found = lists.nearest_rows(q, 20)
-    assert sorted(found) == [0, 4, 8, 12, 16]  # cluster 0 only
-    nearest3 = sorted(range(20), key=lambda r: np.sum((codes[r] - q) ** 2))[:3]
-    assert sorted(lists.nearest_rows(q, 3)) == sorted(nearest3) and set(nearest3) <= {0, 4, 8, 12, 16}
-    both = lists.nearest_rows(q, 20, probes=2)
-    assert sorted(both) == sorted([r for r in range(20) if cluster[r] in (0, 1)])
+    codes = centres[cluster] + rng.uniform(-1, 1, (20, 4)).astype(np.float32)
+    lists = served_code_search(codes, structure="faiss", probes=1)
+    assert lists.index.nlist == 4
+    q = np.array([9, 3, 0, 0], dtype=np.float32)
+    assert sorted(lists.search(q, 20)[0]) == [0, 4, 8, 12, 16]  # cluster 0 only
+    assert sorted(lists.search(q, 20, probes=2)[0]) == [r for r in range(20) if cluster[r] in (0, 1)]
+
+
+class ExactToy(CodeIndex):
+    """A toy structure: every code in one .npy, searched by brute force."""
+    name = "toy"
+    description = "the code by brute force, a toy"
+    options = ("scale",)
+    checks = {"scale": lambda x: x == 1}
+
+    def __init__(self, codes):
+        self.codes = codes
+
+    @classmethod
+    def build(cls, data, directory: Path, *, scale: int = 1) -> dict:
+        np.save(directory / "toy.npy", unit_rows(data.codes))
+        return {"metric": METRIC, "dims": int(data.codes.shape[1]), "files": ["codes.npy", "toy.npy"],
+                "settings": {"structure": cls.name, "scale": scale}}
+
+    @classmethod
+    def load(cls, data, section):
+        return cls(np.load(data.directory / "toy.npy"))
+
+    def search(self, vector, k):
+        return rerank(self.codes, np.arange(len(self.codes)), unit_rows(vector)[0], k)
+
+
+def test_a_registered_code_index_is_built_recorded_loaded_and_searched_by_name(tmp_path, collection, checkpoint):
+    register_code_index(ExactToy)
+    try:
+        out = tmp_path / "idx"
+        build_index(collection, checkpoint, out, spaces=["code"], code_index="toy", maps=False, progress=False)
+        code = read_meta(out)["spaces"]["code"]
+        assert code["settings"] == {"structure": "toy", "scale": 1} and code["files"] == ["codes.npy", "toy.npy"]
+        index = Index.load(out)
+        assert isinstance(index.spaces["code"].structure, ExactToy)
+        assert index.spaces["code"].description == "the code by brute force, a toy"
+        assert index.search(7, k=3, spaces=["code"], exclude_self=False).hits["code"][0].id == 7  # its own nearest
+    finally:
+        del CODE_INDEXES["toy"]
+    with pytest.raises(IndexLoadError, match="names the structure 'toy', which this version does not know"):
+        Index.load(out)
 
 
 def trees_in_an_older_layout(index_dir: Path, *, projected: bool):
@@ -327,26 +373,26 @@ def trees_in_an_older_layout(index_dir: Path, *, projected: bool):
     code["files"] = [name for name in code["files"] if name not in dropped]
     (index_dir / layout.META).write_text(json.dumps(meta))
     reseal(index_dir)
-    return codes, Index.load(index_dir).spaces["code"]
+    return codes, Index.load(index_dir).spaces["code"].structure
 
 
+@pytest.mark.numeric
 def test_an_index_whose_trees_hold_the_full_codes_still_loads_and_searches(annoy_copy_of):
     # The layout before the projection: codes.ann angular over the codes themselves, no directions file.
     codes, space = trees_in_an_older_layout(annoy_copy_of, projected=False)
     assert space.directions is None
-    order, d = angular_order(codes, codes[3])
     ids, dists = space.search(codes[3], 10, search_k=10**6)
-    assert ids.tolist() == order[:10].tolist() and np.allclose(dists, d[ids], atol=1e-5)
+    assert exact_up_to_ties(codes, codes[3], ids, dists, 10)
 
 
+@pytest.mark.numeric
 def test_an_index_whose_trees_hold_the_items_in_row_order_still_loads_and_searches(annoy_copy_of):
     # The layout before the locality order: item i is row i, and no code_ann_rows.npy says so.
     codes, space = trees_in_an_older_layout(annoy_copy_of, projected=True)
     assert space.ann_rows is None and space.directions is not None
     for q in (codes[3] + 0.1 * codes[4], codes[-1] + 0.1 * codes[0]):
-        order, d = angular_order(codes, q)
         ids, dists = space.search(q, 10, search_k=10**6)
-        assert ids.tolist() == order[:10].tolist() and np.allclose(dists, d[ids], atol=1e-5)
+        assert exact_up_to_ties(codes, q, ids, dists, 10)
 
 
 def test_locality_order_keeps_near_points_together():
@@ -373,9 +419,9 @@ def test_a_version_one_index_is_refused_with_how_to_rebuild(copy_of):
 
 
 @pytest.mark.parametrize("name", ["pixel_bound.npz", "pca.npz", "bits.npz", "code_ann_directions.npy",
-                                  "code_ivf_centroids.npy", "code_ivf_head.npy", "codes.ann", "code_ann_rows.npy"])
+                                  "code_faiss.index", "code_faiss_rows.npy", "codes.ann", "code_ann_rows.npy"])
 def test_a_damaged_space_file_is_one_sentence(request, name):
-    copy = request.getfixturevalue("annoy_copy_of" if name in ("codes.ann", "code_ann_rows.npy") else "copy_of")
+    copy = request.getfixturevalue("faiss_copy_of" if name.startswith("code_faiss") else "copy_of")
     (copy / name).write_bytes(b"garbage")
     with pytest.raises(IndexLoadError, match=f"{name}.*missing or corrupt.*rebuild it"):
         Index.load(copy)

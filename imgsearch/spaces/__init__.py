@@ -23,9 +23,5 @@ def register_space(cls: type[Space]) -> type[Space]:
     return cls
 
 
-def list_spaces() -> list[str]:
-    return list(SPACES)
-
-
-__all__ = ["SPACES", "DEFAULT_SPACES", "register_space", "list_spaces", "Space", "SpaceError", "SpaceUnavailable", "Reuse",
+__all__ = ["SPACES", "DEFAULT_SPACES", "register_space", "Space", "SpaceError", "SpaceUnavailable", "Reuse",
            "BuildInput", "LoadInput", "Query"]

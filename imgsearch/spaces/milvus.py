@@ -38,9 +38,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import layout
-from .base import BuildInput, LoadInput, SpaceError, SpaceUnavailable
-from .bits import BitsSpace, binarise, fit_binariser, ITQ_ITERATIONS, BITS, WIDTHS
-from .code import METRIC, CodeSpace, angular
+from .base import BuildInput, LoadInput, SpaceError, SpaceUnavailable, load_npz
+from .code_index import CodeIndex
+from .hashing import ITQ_ITERATIONS, binarise, fit_binariser
+from .vectors import CHECKED_ITEMS, METRIC, angular
 
 BACKEND = "milvus"
 PREFIX = "imgsearch"  # every collection this project creates starts so; pruning touches no other
@@ -51,7 +52,6 @@ INSERT_ROWS = 5000  # rows per insert call: 5 MB of 256-d floats, far below gRPC
 CONNECT_TIMEOUT = 10  # seconds: an unreachable server fails the build or the load in one sentence, soon
 SEARCH_TIMEOUT = 5  # seconds: a query against a server gone since the load fails fast instead of hanging the page
 INDEX_WAIT = 1800  # seconds a build waits for the server to finish the HNSW graph before publishing
-CHECKED_ITEMS = 8  # vectors compared with codes.npy at load, as the Annoy loader does
 
 
 class MilvusError(RuntimeError):
@@ -193,14 +193,10 @@ def code_index(uri: str) -> tuple[dict, dict]:
     return {"index_type": "HNSW", "metric_type": "COSINE", "params": dict(HNSW)}, {"ef": EF}
 
 
-def build_code(data: BuildInput, directory: Path, *, uri: str) -> dict:
-    uri = check_uri(uri)
-    client = connect(uri)
-    name = collection_name(directory, "code")
-    index, search_params = code_index(uri)
-    create(client, uri, name, np.asarray(data.codes, dtype=np.float32), binary=False, index=index)
-    return {"metric": METRIC, "dims": int(data.codes.shape[1]), "files": [layout.CODES],
-            "settings": section_settings(uri, name, index, search_params)}
+# What a Milvus-backed section's settings must hold (index.py checks them before anything loads).
+CHECKS = {"uri": lambda x: isinstance(x, str) and len(x) > 0,
+          "collection": lambda x: isinstance(x, str) and bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,254}", x)),
+          "search_params": lambda x: isinstance(x, dict)}
 
 
 def open_collection(data: LoadInput, section: dict, expected) -> tuple[object, dict]:
@@ -236,15 +232,30 @@ def _same(stored, want: np.ndarray) -> bool:
     return np.allclose(np.asarray(stored, dtype=np.float32), want, rtol=1e-4, atol=1e-5)
 
 
-class MilvusCodeSpace(CodeSpace):
+class MilvusCodeIndex(CodeIndex):
+    """The codes in a Milvus collection, searched there (cosine), distances as angular."""
+    name = BACKEND
     description = "the auto-encoder's float code, in Milvus (angular: sqrt(2 - 2 cos))"
+    options = ("uri",)
+    checks = CHECKS
+    local = False
 
     def __init__(self, client, settings: dict):
         self.client, self.uri, self.collection = client, settings["uri"], settings["collection"]
         self.params = {"metric_type": "COSINE", "params": dict(settings["search_params"])}
 
     @classmethod
-    def load(cls, data: LoadInput, section: dict) -> "MilvusCodeSpace":
+    def build(cls, data: BuildInput, directory: Path, *, uri: str | None = None) -> dict:
+        uri = check_uri(uri)
+        client = connect(uri)
+        name = collection_name(directory, "code")
+        index, search_params = code_index(uri)
+        create(client, uri, name, np.asarray(data.codes, dtype=np.float32), binary=False, index=index)
+        return {"metric": METRIC, "dims": int(data.codes.shape[1]), "files": [layout.CODES],
+                "settings": {"structure": cls.name, **section_settings(uri, name, index, search_params)}}
+
+    @classmethod
+    def load(cls, data: LoadInput, section: dict) -> "MilvusCodeIndex":
         client, s = open_collection(data, section, lambda ids: np.asarray(data.codes[ids], dtype=np.float32))
         return cls(client, s)
 
@@ -272,53 +283,43 @@ def _search(space, vector, k: int) -> tuple[np.ndarray, np.ndarray]:
 LITE_BITS = "Milvus Lite stores no binary vectors, so the bits stay in bits.npz (exact Hamming, this process)"
 
 
-def build_bits(data: BuildInput, directory: Path, *, uri: str, bits: int | None, method: str) -> dict | None:
-    """The bits in a Milvus collection; None on a Lite URI, where the caller builds them locally."""
-    uri = check_uri(uri)
-    if is_lite(uri):
-        return None
-    if bits is None:
-        bits = max([w for w in WIDTHS if w <= min(BITS, data.codes.shape[1])], default=WIDTHS[0])
-    if bits not in WIDTHS or bits > data.codes.shape[1]:
-        raise SpaceError(f"--bits must be one of {', '.join(map(str, WIDTHS))} and at most the code's length "
-                         f"({data.codes.shape[1]}), not {bits}")
-    client = connect(uri)
-    name = collection_name(directory, "bits")
-    mean, projection = fit_binariser(data.codes, bits, method=method, seed=data.seed)
-    packed = binarise(np.asarray(data.codes, dtype=np.float32), mean, projection).view(np.uint8)  # (N, bits / 8)
-    index = {"index_type": "BIN_FLAT", "metric_type": "HAMMING", "params": {}}
-    create(client, uri, name, packed, binary=True, index=index)
-    np.savez(directory / layout.BITS, mean=mean, projection=projection)  # what embeds a query; the codes are in Milvus
-    return {"metric": BitsSpace.metric, "bits": bits, "bytes_per_item": bits // 8, "files": [layout.BITS],
-            "settings": {"method": method, "itq_iterations": ITQ_ITERATIONS if method == "itq" else 0,
-                         **section_settings(uri, name, index, {})}}
+class MilvusBits:
+    """The bits space's packed codes in a Milvus collection (Hamming, exact): what BitsSpace searches
+    instead of its own scan. bits.npz keeps only what embeds a query (the mean and the projection)."""
+    title = "Milvus"
 
-
-class MilvusBitsSpace(BitsSpace):
-    def __init__(self, client, settings: dict, bits: int, mean: np.ndarray, projection: np.ndarray):
+    def __init__(self, client, settings: dict):
         self.client, self.uri, self.collection = client, settings["uri"], settings["collection"]
         self.params = {"metric_type": "HAMMING", "params": {}}
-        self._bits, self.mean, self.projection = bits, mean, projection
+
+    @staticmethod
+    def build(data: BuildInput, directory: Path, *, uri: str | None, bits: int, method: str) -> tuple[dict | None, str]:
+        """(the bits space's section, "") with the bits in a Milvus collection; (None, why) on a Lite URI,
+        where the caller builds them locally."""
+        uri = check_uri(uri)
+        if is_lite(uri):
+            return None, LITE_BITS
+        client = connect(uri)
+        name = collection_name(directory, "bits")
+        mean, projection = fit_binariser(data.codes, bits, method=method, seed=data.seed)
+        packed = binarise(np.asarray(data.codes, dtype=np.float32), mean, projection).view(np.uint8)  # (N, bits / 8)
+        index = {"index_type": "BIN_FLAT", "metric_type": "HAMMING", "params": {}}
+        create(client, uri, name, packed, binary=True, index=index)
+        np.savez(directory / layout.BITS, mean=mean, projection=projection)  # what embeds a query
+        return {"metric": "hamming", "bits": bits, "bytes_per_item": bits // 8, "files": [layout.BITS],
+                "settings": {"method": method, "itq_iterations": ITQ_ITERATIONS if method == "itq" else 0,
+                             **section_settings(uri, name, index, {})}}, ""
 
     @classmethod
-    def load(cls, data: LoadInput, section: dict) -> "MilvusBitsSpace":
-        from .base import load_npz
-
+    def load(cls, data: LoadInput, section: dict) -> tuple["MilvusBits", np.ndarray, np.ndarray]:
+        """(the collection, checked, the binariser's mean, its projection)."""
         a = load_npz(data, layout.BITS, ("mean", "projection"))
         bits = section["bits"]
         if a["projection"].shape != (data.codes.shape[1], bits):
             raise SpaceError(f"{layout.BITS} does not fit {data.codes.shape[1]}-d codes and {bits} bits")
         client, s = open_collection(data, section, lambda ids: binarise(np.asarray(data.codes[ids], dtype=np.float32),
                                                                         a["mean"], a["projection"]).view(np.uint8))
-        return cls(client, s, bits, a["mean"], a["projection"])
-
-    @property
-    def bits(self) -> int:
-        return self._bits
-
-    @property
-    def description(self) -> str:
-        return f"semantic hashing: the code as {self.bits} bits ({self.bits // 8} bytes), exact Hamming, in Milvus"
+        return cls(client, s), a["mean"], a["projection"]
 
     def search(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         ids, d = _search(self, np.asarray(vector).view(np.uint8).tobytes(), k)
