@@ -188,7 +188,7 @@ def test_the_shared_pixel_projection_is_each_space_s_own_bit_for_bit(tmp_path):
 def test_every_space_finds_an_item_itself_at_distance_zero(index_dir, collection):
     index = Index.load(index_dir)
     assert list(index.spaces) == ["pixel", "pca", "code", "bits"]
-    res = index.search(17, k=3, spaces=list(index.spaces), exclude_self=False)
+    res = index.search(17, k=10, spaces=list(index.spaces), exclude_self=False)
     x = index.pixels[17].reshape(-1).astype(np.float64) / 255
     pca = index.spaces["pca"].pca
     # pca: the stored projection and the query's were computed in different blocks of rows: each of the
@@ -204,7 +204,9 @@ def test_every_space_finds_an_item_itself_at_distance_zero(index_dir, collection
              # encoder's float noise (1e-4 of the code's size, as test_model allows) of zero
              "bits": float((margins < 1e-4 * np.linalg.norm(code) * np.abs(bits.projection).sum(0)).sum())}
     for name, hits in res.hits.items():
-        assert hits[0].id == 17 and hits[0].distance <= slack[name], (name, hits[0], slack[name])
+        # other items may tie with it (the tiny model's 64 bits can coincide): it is among the nearest
+        nearest = [h for h in hits if h.distance <= slack[name]]
+        assert hits[0].distance <= slack[name] and 17 in [h.id for h in nearest], (name, hits[:3], slack[name])
         assert hits[0].label == collection.label_name(17)
     assert index.spaces["bits"].format_distance(res.hits["bits"][1].distance).endswith(" bits")
 
