@@ -141,8 +141,9 @@ def build_ui(reason: str) -> None:
                    "starting the server with IMGSEARCH_BUILD_ROOT=DIR.")
         return
     from imgsearch.data import CollectionError
-    from imgsearch.index import DEFAULT_CHECKPOINT, BuildBusyError, build_index
-    from imgsearch.model import CheckpointError
+    from imgsearch.index import BuildError, build_index
+    from imgsearch.model import DEFAULT_CHECKPOINT, CheckpointError
+    from imgsearch.publish import BuildBusyError
 
     root = Path(BUILD_ROOT).resolve()
     typed = st.text_input("Folder of images to index, inside the build root", value=".", key="build_data",
@@ -160,7 +161,7 @@ def build_ui(reason: str) -> None:
         except BuildBusyError as e:  # one build at a time, whichever session or terminal started it
             st.warning(str(e))
             return
-        except (CollectionError, CheckpointError) as e:
+        except (CollectionError, CheckpointError, BuildError) as e:
             st.error(public(str(e)))
             return
         st.success(f"Indexed {summary['items']} images in {summary['seconds']:.0f} s"
@@ -601,7 +602,8 @@ def main() -> None:
         with top.container():
             upload_col, pick_col = st.columns(2)
             upload_ui(upload_col)
-    from imgsearch.index import IndexLoadError, read_meta, resolve
+    from imgsearch.integrity import IndexLoadError, read_meta
+    from imgsearch.publish import resolve
 
     try:
         read_meta(INDEX_DIR)

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from .data import Collection
 from .images import to_pixels
-from .index import build_index, read_meta
+from .index import build_index
+from .integrity import read_meta
 from .knn import BruteForce, topk_ties_by_id
 from .spaces.bits import HammingScan, binarise, fit_binariser, word_major
 from .spaces.annoy_index import annoy_code_search

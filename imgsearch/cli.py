@@ -57,21 +57,17 @@ def space_list(text: str) -> list[str]:
 
 @command("build-index", "encode a collection and publish its index")
 def build_index_arguments(p: argparse.ArgumentParser):
-    from .index import CODE_INDEX, DEFAULT_CHECKPOINT, DEFAULT_INDEX, N_TREES, PROBES, SEED, local_code_indexes
     from .ingest import BATCH
+    from .model import DEFAULT_CHECKPOINT
+    from .publish import DEFAULT_INDEX
     from .spaces import SPACES
     from .spaces.bits import BITS, WIDTHS
+    from .spaces.vectors import SEED
 
     p.add_argument("--data", default="cifar10", help="cifar10, cifar10:test, or a folder of images (default: cifar10)")
     p.add_argument("--model", default=str(DEFAULT_CHECKPOINT), help="auto-encoder checkpoint (default: the shipped one)")
     p.add_argument("--out", default=str(DEFAULT_INDEX), help=f"index directory (default: {DEFAULT_INDEX})")
-    p.add_argument("--code-index", choices=local_code_indexes(), default=CODE_INDEX,
-                   help="the code space's search structure: annoy (trees, default), faiss (lists), faiss_hnsw (graph)")
-    p.add_argument("--probes", type=int, default=PROBES,
-                   help=f"with --code-index faiss: lists scanned per query; faiss_hnsw: its efSearch (default: {PROBES})")
-    p.add_argument("--n-trees", type=int, default=N_TREES, help=f"with --code-index annoy: trees (default: {N_TREES})")
-    p.add_argument("--search-k", type=int, default=None,
-                   help="with --code-index annoy: nodes inspected per query (default: by collection size, docs/speed.md)")
+    structure_arguments(p)
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--bits", type=int, choices=WIDTHS, default=None,
                    help=f"length of the binary codes of the bits space (default: {BITS}, or what the code's length allows)")
@@ -84,6 +80,27 @@ def build_index_arguments(p: argparse.ArgumentParser):
     p.add_argument("--batch-size", type=int, default=BATCH,
                    help=f"items read and encoded per batch; a killed build resumes from its last whole batch "
                         f"(default: {BATCH})")
+    scale_arguments(p)
+    return lambda a: build(a, p)
+
+
+def structure_arguments(p: argparse.ArgumentParser) -> None:
+    """The code space's search structure and its knobs."""
+    from .spaces.annoy_index import N_TREES
+    from .spaces.backends import CODE_INDEX, local_code_indexes
+    from .spaces.faiss_index import PROBES
+
+    p.add_argument("--code-index", choices=local_code_indexes(), default=CODE_INDEX,
+                   help="the code space's search structure: annoy (trees, default), faiss (lists), faiss_hnsw (graph)")
+    p.add_argument("--probes", type=int, default=PROBES,
+                   help=f"with --code-index faiss: lists scanned per query; faiss_hnsw: its efSearch (default: {PROBES})")
+    p.add_argument("--n-trees", type=int, default=N_TREES, help=f"with --code-index annoy: trees (default: {N_TREES})")
+    p.add_argument("--search-k", type=int, default=None,
+                   help="with --code-index annoy: nodes inspected per query (default: by collection size, docs/speed.md)")
+
+
+def scale_arguments(p: argparse.ArgumentParser) -> None:
+    """Past one machine: Milvus for the code and bits spaces, Ray for decoding and encoding."""
     p.add_argument("--backend", choices=("local", "milvus"), default="local",
                    help="where the code and bits spaces live: local (this index's own files: the structure "
                         "--code-index names, and bits.npz; default) or milvus (collections at --milvus-uri; "
@@ -95,50 +112,50 @@ def build_index_arguments(p: argparse.ArgumentParser):
                    help="decode and encode on Ray Data: the cluster at ADDRESS (ray://head:10001, or auto), "
                         "or a local Ray when no ADDRESS is given (pip install -e .[cluster])")
 
-    def run(a) -> int:
-        from .data import CollectionError
-        from .index import IndexLoadError, build_index
-        from .model import CheckpointError
-        from .ray_pipeline import RayError, ray_batches
-        from .spaces.milvus import MilvusError, check_uri, connect
 
-        options, batches = {}, None
-        try:
-            if a.backend == "milvus":
-                connect(check_uri(a.milvus_uri))  # before encoding, which may take hours: fail now if it is unusable
-                options = {"code": {"backend": "milvus", "uri": a.milvus_uri},
-                           "bits": {"backend": "milvus", "uri": a.milvus_uri, **({"bits": a.bits} if a.bits else {})}}
-            elif a.milvus_uri:
-                p.error("--milvus-uri goes with --backend milvus")
-            if a.ray is not None:
-                batches = ray_batches(a.ray or None)
-            summary = build_index(a.data, a.model, a.out, spaces=a.spaces, code_index=a.code_index,
-                                  probes=a.probes, n_trees=a.n_trees, search_k=a.search_k,
-                                  bits=a.bits, seed=a.seed, maps=not a.no_maps, update=a.update,
-                                  batch_size=a.batch_size, options=options, batches=batches)
-        except (CollectionError, CheckpointError, IndexLoadError, MilvusError, RayError) as e:
-            return fail(str(e))
-        print(f"Indexed {summary['items']} images into {summary['index']} in {summary['seconds']:.1f} s "
-              f"(spaces: {', '.join(summary['spaces'])}).")
-        if summary["update"]:
-            u = summary["update"]
-            print(f"Update: {u['added']} added, {u['changed']} changed, {u['removed']} removed, "
-                  f"{u['unchanged']} unchanged (not re-encoded).")
-        for name, why in summary["spaces_skipped"].items():
-            print(f"Space {name} not built: {why}.")
-        if summary["skipped"]:
-            print(f"Skipped {len(summary['skipped'])} unreadable or non-image files, e.g.:")
-            for _, why in summary["skipped"][:5]:
-                print(f"  {why}")
-        return 0
-    return run
+def build(a, p) -> int:
+    """build-index: the build, and what it did in a few lines."""
+    from .data import CollectionError
+    from .index import BuildError, build_index
+    from .integrity import IndexLoadError
+    from .model import CheckpointError
+    from .ray_pipeline import RayError, ray_batches
+    from .spaces.milvus import MilvusError, check_uri, connect
+
+    options, batches = {}, None
+    try:
+        if a.backend == "milvus":
+            connect(check_uri(a.milvus_uri))  # before encoding, which may take hours: fail now if it is unusable
+            options = {"code": {"backend": "milvus", "uri": a.milvus_uri},
+                       "bits": {"backend": "milvus", "uri": a.milvus_uri, **({"bits": a.bits} if a.bits else {})}}
+        elif a.milvus_uri:
+            p.error("--milvus-uri goes with --backend milvus")
+        if a.ray is not None:
+            batches = ray_batches(a.ray or None)
+        summary = build_index(a.data, a.model, a.out, spaces=a.spaces, code_index=a.code_index,
+                              probes=a.probes, n_trees=a.n_trees, search_k=a.search_k,
+                              bits=a.bits, seed=a.seed, maps=not a.no_maps, update=a.update,
+                              batch_size=a.batch_size, options=options, batches=batches)
+    except (CollectionError, CheckpointError, IndexLoadError, MilvusError, RayError, BuildError) as e:
+        return fail(str(e))
+    print(f"Indexed {summary['items']} images into {summary['index']} in {summary['seconds']:.1f} s "
+          f"(spaces: {', '.join(summary['spaces'])}).")
+    if summary["update"]:
+        u = summary["update"]
+        print(f"Update: {u['added']} added, {u['changed']} changed, {u['removed']} removed, "
+              f"{u['unchanged']} unchanged (not re-encoded).")
+    if summary["skipped"]:
+        print(f"Skipped {len(summary['skipped'])} unreadable or non-image files, e.g.:")
+        for _, why in summary["skipped"][:5]:
+            print(f"  {why}")
+    return 0
 
 
 # ---- search --------------------------------------------------------------------------------
 
 @command("search", "find an image's nearest neighbours in a built index")
 def search_arguments(p: argparse.ArgumentParser):
-    from .index import DEFAULT_INDEX
+    from .publish import DEFAULT_INDEX
     from .spaces import DEFAULT_SPACES
 
     p.add_argument("image", help="an image file")
@@ -151,7 +168,7 @@ def search_arguments(p: argparse.ArgumentParser):
 
     def run(a) -> int:
         from .images import ImageError
-        from .index import IndexLoadError
+        from .integrity import IndexLoadError
         from .search import Index
 
         if a.k < 1:
@@ -188,7 +205,7 @@ def item_or_path(text: str):
 @command("interpolate", "decode the codes on the way from one image to another, as a strip of pictures")
 def interpolate_arguments(p: argparse.ArgumentParser):
     from .generate import MAX_STEPS, STEPS, STRIP_SCALE
-    from .index import DEFAULT_INDEX
+    from .publish import DEFAULT_INDEX
 
     p.add_argument("a", type=item_or_path, metavar="A", help="the first end: an item id or an image file")
     p.add_argument("b", type=item_or_path, metavar="B", help="the other end: an item id or an image file")
@@ -203,7 +220,7 @@ def interpolate_arguments(p: argparse.ArgumentParser):
     def run(a) -> int:
         from .generate import strip
         from .images import ImageError
-        from .index import IndexLoadError
+        from .integrity import IndexLoadError
         from .search import Index
 
         if not 1 <= a.scale <= 32:
@@ -226,7 +243,9 @@ def interpolate_arguments(p: argparse.ArgumentParser):
 
 @command("evaluate", "measure retrieval quality (P@k, mAP@1000) of every representation")
 def evaluate_arguments(p: argparse.ArgumentParser):
-    from .index import CODE_INDEX, DEFAULT_CHECKPOINT, N_TREES, local_code_indexes
+    from .model import DEFAULT_CHECKPOINT
+    from .spaces.annoy_index import N_TREES
+    from .spaces.backends import CODE_INDEX, local_code_indexes
 
     p.add_argument("--database", default="cifar10", help="collection searched (default: cifar10 = the train split)")
     p.add_argument("--queries", default="cifar10:test", help="query collection (default: cifar10:test)")
@@ -244,7 +263,7 @@ def evaluate_arguments(p: argparse.ArgumentParser):
         import numpy as np
 
         from .data import CollectionError, load_collection
-        from .evaluate import PER_CLASS_SHOWN, REPRESENTATIONS, EvaluationError, evaluate, plot_curves
+        from .evaluate import EvaluationError, evaluate, plot_curves
         from .model import CheckpointError, load_checkpoint
         from .report import write_outputs
 
@@ -262,21 +281,7 @@ def evaluate_arguments(p: argparse.ArgumentParser):
         except EvaluationError as e:
             return fail(str(e))
         report["settings"]["model"] = info["fingerprint"]
-
-        print(f"\n{len(queries):,} queries ({queries.spec}) against {len(database):,} images ({database.spec}); "
-              f"model {info['fingerprint']}")
-        print(f"{'representation':<26} {'P@1':>7} {'P@10':>7} {'P@100':>7} {'mAP@1000':>9} {'bytes/item':>11}")
-        for key, name in REPRESENTATIONS.items():
-            if key in report:
-                r = report[key]
-                print(f"{name:<26} {r['P@1']:>7.3f} {r['P@10']:>7.3f} {r['P@100']:>7.3f} {r['mAP@1000']:>9.3f} "
-                      f"{report['bytes_per_item'][key]:>11,}")
-        print(f"reconstruction MSE on the queries: {report['reconstruction_mse']:.4f}")
-        shown = [k for k in PER_CLASS_SHOWN if k in report]
-        print("\nP@10 per class   " + " ".join(f"{k:>13}" for k in shown))
-        for c in database.classes:
-            if c in report["per_class_P@10"][shown[0]]:
-                print(f"{c:<16} " + " ".join(f"{report['per_class_P@10'][k][c]:>13.3f}" for k in shown))
+        print_evaluation(report, database, queries, info["fingerprint"])
 
         if a.examples:
             Path(a.examples).parent.mkdir(parents=True, exist_ok=True)
@@ -288,11 +293,31 @@ def evaluate_arguments(p: argparse.ArgumentParser):
     return run
 
 
+def print_evaluation(report: dict, database, queries, fingerprint: str) -> None:
+    """The evaluation's table and its per-class P@10, as a person reads them in a terminal."""
+    from .evaluate import PER_CLASS_SHOWN, REPRESENTATIONS
+
+    print(f"\n{len(queries):,} queries ({queries.spec}) against {len(database):,} images ({database.spec}); "
+          f"model {fingerprint}")
+    print(f"{'representation':<26} {'P@1':>7} {'P@10':>7} {'P@100':>7} {'mAP@1000':>9} {'bytes/item':>11}")
+    for key, name in REPRESENTATIONS.items():
+        if key in report:
+            r = report[key]
+            print(f"{name:<26} {r['P@1']:>7.3f} {r['P@10']:>7.3f} {r['P@100']:>7.3f} {r['mAP@1000']:>9.3f} "
+                  f"{report['bytes_per_item'][key]:>11,}")
+    print(f"reconstruction MSE on the queries: {report['reconstruction_mse']:.4f}")
+    shown = [k for k in PER_CLASS_SHOWN if k in report]
+    print("\nP@10 per class   " + " ".join(f"{k:>13}" for k in shown))
+    for c in database.classes:
+        if c in report["per_class_P@10"][shown[0]]:
+            print(f"{c:<16} " + " ".join(f"{report['per_class_P@10'][k][c]:>13.3f}" for k in shown))
+
+
 # ---- benchmark -----------------------------------------------------------------------------
 
 @command("benchmark", "measure encoding, build and query speed, and the million-code scale run")
 def benchmark_arguments(p: argparse.ArgumentParser):
-    from .index import DEFAULT_CHECKPOINT
+    from .model import DEFAULT_CHECKPOINT
 
     p.add_argument("--data", default="cifar10", help="collection to index (default: cifar10 = the train split)")
     p.add_argument("--model", default=str(DEFAULT_CHECKPOINT))
@@ -358,7 +383,7 @@ APP = Path(__file__).resolve().parent.parent / "app.py"
 
 @command("serve", "serve the Streamlit page over an index")
 def serve_arguments(p: argparse.ArgumentParser):
-    from .index import DEFAULT_INDEX
+    from .publish import DEFAULT_INDEX
 
     p.add_argument("--index", default=os.environ.get("IMGSEARCH_INDEX", str(DEFAULT_INDEX)),
                    help=f"index directory (default: $IMGSEARCH_INDEX or {DEFAULT_INDEX})")

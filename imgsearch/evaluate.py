@@ -132,7 +132,10 @@ def evaluate(database: Collection, queries: Collection, model, *, max_k: int = M
     depth = min(max_k, len(database))
     seconds, results, curves, retrieved, per_class = {}, {}, {}, {}, {}
 
-    def record(name, ids, t0):
+    def record(name, search):
+        """Run one representation's search (timed) and score its ranked ids."""
+        t0 = time.time()
+        ids = search()
         rel = relevance(ids, db_labels, q_labels)
         results[name] = figures(rel)
         curves[name] = precision_curve(rel)
@@ -140,52 +143,46 @@ def evaluate(database: Collection, queries: Collection, model, *, max_k: int = M
         retrieved[name] = ids[:, :10]
         seconds[name] = round(time.time() - t0, 1)
 
-    flat_db = database.pixels.reshape(len(database), -1).astype(np.float32) / 255.0
-    flat_q = queries.pixels.reshape(len(queries), -1).astype(np.float32) / 255.0
-    t0 = time.time()
-    record("pixels", exact_knn(flat_db, flat_q, depth, desc="pixels"), t0)
-    del flat_db, flat_q
-
-    t0 = time.time()
+    flat = lambda c: c.pixels.reshape(len(c), -1).astype(np.float32) / 255.0  # noqa: E731
+    record("pixels", lambda: exact_knn(flat(database), flat(queries), depth, desc="pixels"))
     db_codes = encode_pixels(model, database.pixels, progress=True)
     q_codes = encode_pixels(model, queries.pixels)
-    shared = BuildInput(database.pixels, db_codes, seed=seed)
-    pca = shared.pixel_pca
-    record("pca", exact_knn(pca.project(database.pixels), pca.project(queries.pixels), depth, desc="pca"), t0)
-
-    t0 = time.time()
-    record("codes_exact", exact_knn(db_codes, q_codes, depth, metric=METRIC, desc="codes"), t0)
-    t0 = time.time()
-    served, served_settings = served_knn(db_codes, q_codes, depth, code_index=code_index, n_trees=n_trees, search_k=search_k, seed=seed)
-    record("codes_served", served, t0)
-    widths = [b for b in WIDTHS if b <= db_codes.shape[1]]
-    for b in widths:
-        t0 = time.time()
-        record(f"bits_{b}", hamming_knn(db_codes, q_codes, depth, b, seed=seed), t0)
+    pca = BuildInput(database.pixels, db_codes, seed=seed).pixel_pca
+    record("pca", lambda: exact_knn(pca.project(database.pixels), pca.project(queries.pixels), depth, desc="pca"))
+    record("codes_exact", lambda: exact_knn(db_codes, q_codes, depth, metric=METRIC, desc="codes"))
+    served, served_settings = served_knn(db_codes, q_codes, depth, code_index=code_index, n_trees=n_trees,
+                                         search_k=search_k, seed=seed)
+    record("codes_served", lambda: served)
+    for b in [b for b in WIDTHS if b <= db_codes.shape[1]]:
+        record(f"bits_{b}", lambda: hamming_knn(db_codes, q_codes, depth, b, seed=seed))
     if db_codes.shape[1] == 256:
-        t0 = time.time()
-        record("bits_256_sign", hamming_knn(db_codes, q_codes, depth, 256, method="sign"), t0)
+        record("bits_256_sign", lambda: hamming_knn(db_codes, q_codes, depth, 256, method="sign"))
 
-    d = db_codes.shape[1]
-    bytes_per_item = {"pixels": database.pixels[0].size, "pca": 4 * pca.n_components, "codes_exact": 4 * d,
-                      "codes_served": 4 * d, **{f"bits_{b}": b // 8 for b in widths}}
-    if "bits_256_sign" in results:
-        bytes_per_item["bits_256_sign"] = 32
+    settings = {"database": database.spec, "queries": queries.spec, "database_items": len(database),
+                "query_items": len(queries), "pca_components": pca.n_components,
+                "pca_fit_rows": min(len(database), PCA_FIT_ROWS), "metric": METRIC,
+                "code_index": code_index, "bits_method": "itq",
+                **{k: v for k, v in served_settings.items() if k in ("n_trees", "search_k", "probes", "lists")}}
     return {
         **results,
         "reconstruction_mse": round(reconstruction_mse(model, queries.pixels), 5),
-        "bytes_per_item": bytes_per_item,
+        "bytes_per_item": bytes_per_item(results, database.pixels[0].size, pca.n_components, db_codes.shape[1]),
         "precision_curves": curves,
         "per_class_P@10": per_class,
         "seconds": seconds,
-        "settings": {"database": database.spec, "queries": queries.spec, "database_items": len(database),
-                     "query_items": len(queries), "pca_components": pca.n_components,
-                     "pca_fit_rows": min(len(database), PCA_FIT_ROWS), "metric": METRIC,
-                     "code_index": code_index, "bits_method": "itq",
-                     **{k: v for k, v in served_settings.items() if k in ("n_trees", "search_k", "probes", "lists")}},
+        "settings": settings,
         "_retrieved": retrieved,  # top-10 ids per query; the quality view shows examples from them
         "_query_labels": q_labels,
     }
+
+
+def bytes_per_item(results: dict, pixel_bytes: int, pca_components: int, code_dim: int) -> dict:
+    """What each measured representation stores per image."""
+    sizes = {"pixels": pixel_bytes, "pca": 4 * pca_components, "codes_exact": 4 * code_dim,
+             "codes_served": 4 * code_dim, "bits_256_sign": 32}
+    sizes.update({name: int(name.split("_")[1]) // 8 for name in results
+                  if name.startswith("bits_") and name.split("_")[1].isdigit() and not name.endswith("sign")})
+    return {name: size for name, size in sizes.items() if name in results}
 
 
 def plot_curves(report: dict, path) -> None:

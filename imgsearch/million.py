@@ -188,7 +188,8 @@ def benchmark_million(collection: str | os.PathLike, model: str | os.PathLike, w
     import time
 
     from .benchmark import ExactCodeSearch, percentiles, recall_at, timed
-    from .index import read_meta, resolve
+    from .integrity import read_meta
+    from .publish import resolve
     from .search import Index
     from .spaces import DEFAULT_SPACES
     from .spaces.base import Query

@@ -22,6 +22,8 @@ from tqdm import tqdm
 
 from .images import PREPROCESSING
 
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "cifar10-ae.pt"  # the shipped model
+
 # Images per forward pass when encoding. The first block's feature maps take 128 KB an image, so a
 # batch of 1,024 streams 128 MB through memory at each layer; 64 keep them near the cores. 1.4-1.9x
 # faster on this machine's CPU, with oneDNN on AVX-512 and held to AVX2 alike (docs/speed.md).

@@ -20,7 +20,8 @@ from . import layout
 from .data import label_name
 from .generate import STEPS, Interpolation, interpolate
 from .images import PREPROCESSING, to_pixels
-from .index import DEFAULT_INDEX, IndexLoadError, read_meta, resolve, verify_checksums
+from .integrity import IndexLoadError, read_meta, verify_checksums
+from .publish import DEFAULT_INDEX, resolve
 from .knn import BruteForce
 from .model import CheckpointError, encode_pixels, load_checkpoint, reconstruct
 from .spaces import DEFAULT_SPACES, SPACES, LoadInput, Query, Space, SpaceError, SpaceUnavailable

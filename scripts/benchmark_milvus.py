@@ -25,7 +25,8 @@ import numpy as np
 from milvus_server import start_server  # scripts/ is on the path when this file runs
 
 from imgsearch.benchmark import ExactCodeSearch, percentiles, realistic_codes, recall_at, timed
-from imgsearch.index import DEFAULT_INDEX, build_index, resolve
+from imgsearch.index import build_index
+from imgsearch.publish import DEFAULT_INDEX, resolve
 from imgsearch.report import write_json
 from imgsearch.search import Index
 from imgsearch.spaces import BuildInput, LoadInput

@@ -11,7 +11,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from imgsearch.data import load_folder
 from imgsearch import layout
-from imgsearch.index import CHECKSUM, build_index, file_checksum, resolve
+from imgsearch.index import build_index
+from imgsearch.integrity import CHECKSUM, file_checksum
+from imgsearch.publish import resolve
 from imgsearch.model import ConvAutoEncoder, ModelArgs, save_checkpoint
 
 

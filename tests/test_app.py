@@ -249,7 +249,7 @@ def page_module():
 
 def test_warming_up_encodes_the_map_hover_pictures_before_a_visitor_asks(index_dir):
     from imgsearch.explore import HOVER_SAMPLE, _png_url
-    from imgsearch.index import resolve
+    from imgsearch.publish import resolve
 
     _png_url.cache_clear()
     page_module().warm_views(str(resolve(index_dir)))

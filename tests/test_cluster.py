@@ -16,7 +16,9 @@ import sys
 from conftest import OFFLINE, ROOT
 from imgsearch import layout
 from imgsearch.cli import main
-from imgsearch.index import IndexLoadError, build_index, builds_dir, prune, resolve
+from imgsearch.index import build_index
+from imgsearch.integrity import IndexLoadError
+from imgsearch.publish import builds_dir, prune, resolve
 from imgsearch.search import Index
 from imgsearch.spaces.milvus import MilvusError, builds_prefix, connect
 

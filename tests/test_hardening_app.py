@@ -7,7 +7,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from imgsearch import layout
-from imgsearch.index import build_index, build_lock, resolve
+from imgsearch.index import build_index
+from imgsearch.publish import build_lock, resolve
 
 from conftest import ROOT, write_collection
 

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from imgsearch import layout
-from imgsearch.index import (CHECKSUM, PRUNE_GRACE_SECONDS, BuildBusyError, IndexLoadError, build_index, build_lock,
-                             file_checksum, read_meta, resolve)
+from imgsearch.index import build_index
+from imgsearch.integrity import CHECKSUM, file_checksum, IndexLoadError, read_meta
+from imgsearch.publish import PRUNE_GRACE_SECONDS, build_lock, BuildBusyError, resolve
 from imgsearch.quality import ReportError, load_evaluation
 from imgsearch.search import Index
 
@@ -46,7 +47,7 @@ FLIPPED_ANN = textwrap.dedent("""
     from pathlib import Path
     import numpy as np
     sys.path.insert(0, sys.argv[1])
-    from imgsearch.index import IndexLoadError
+    from imgsearch.integrity import IndexLoadError
     from imgsearch.search import Index
 
     src, work = Path(sys.argv[2]), Path(sys.argv[3])

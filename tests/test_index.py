@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from imgsearch import layout
-from imgsearch.index import IndexLoadError, build_index, read_meta, rebuild_source, resolve
+from imgsearch.index import BuildError, build_index, rebuild_source
+from imgsearch.integrity import IndexLoadError, read_meta
+from imgsearch.publish import resolve
 from imgsearch.search import Index
 
 from conftest import angular_slack, tiny_checkpoint
@@ -20,7 +22,7 @@ def test_meta_describes_the_index(index_dir, collection, checkpoint):
     meta = read_meta(index_dir)
     assert meta["items"] == 60 and meta["code_dim"] == 64 and meta["format"] == "imgsearch-index-v2"
     spaces = meta["spaces"]
-    assert list(spaces) == ["pixel", "pca", "code", "bits"] and meta["spaces_skipped"] == {}
+    assert list(spaces) == ["pixel", "pca", "code", "bits"]
     assert spaces["code"]["metric"] == "angular" and spaces["code"]["dims"] == 64
     code = spaces["code"]["settings"]
     assert code["structure"] == "annoy" and code["n_trees"] == 4 and code["search_k"] == 1000 and code["ann_dims"] == 64
@@ -54,14 +56,15 @@ def test_the_code_space_built_beside_the_others_gives_the_files_of_a_build_in_tu
     assert list(beside["spaces"]) == list(in_turn["spaces"]) == ["pixel", "pca", "code", "bits"]
     assert beside["spaces"] == in_turn["spaces"] and list(beside["space_seconds"]) == list(in_turn["space_seconds"])
 
-    # A space that cannot be built in its thread is skipped with its sentence, as in turn.
+    # A space that cannot be built in its thread stops the build with its sentence, as in turn: an index
+    # never silently lacks a space it was asked for, and nothing is published.
     def refuse(cls, *a, **kw):
         raise SpaceError("the code space refuses")
     monkeypatch.setattr(CodeSpace, "builds_beside", True)
     monkeypatch.setattr(CodeSpace, "build", classmethod(refuse))
-    build_index(collection, checkpoint, tmp_path / "refused", maps=False, progress=False)
-    meta = read_meta(tmp_path / "refused")
-    assert meta["spaces_skipped"] == {"code": "the code space refuses"} and list(meta["spaces"]) == ["pixel", "pca", "bits"]
+    with pytest.raises(BuildError, match="^The code space cannot be built: the code space refuses.$"):
+        build_index(collection, checkpoint, tmp_path / "refused", maps=False, progress=False)
+    assert not (tmp_path / "refused").exists() and not list((tmp_path / "refused.builds").glob("*.partial"))
 
 
 def test_files_are_row_aligned(index_dir, collection):

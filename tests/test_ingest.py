@@ -15,7 +15,9 @@ from conftest import make_image, write_collection
 pytestmark = pytest.mark.numeric  # codes encoded in batches, processes and threads
 from imgsearch import layout
 from imgsearch.data import load_folder
-from imgsearch.index import BuildBusyError, IndexLoadError, assemble, build_lock, build_index, read_meta, resolve
+from imgsearch.index import assemble, build_index
+from imgsearch.integrity import IndexLoadError, read_meta
+from imgsearch.publish import build_lock, BuildBusyError, resolve
 from imgsearch.ingest import ingest, scan_folder
 from imgsearch.model import load_checkpoint
 

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from imgsearch.data import load_folder
-from imgsearch.index import DEFAULT_CHECKPOINT, build_index
+from imgsearch.index import build_index
+from imgsearch.model import DEFAULT_CHECKPOINT
 from imgsearch.model import load_checkpoint
 from imgsearch.search import Index
 
