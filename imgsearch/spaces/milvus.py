@@ -295,6 +295,8 @@ def build_bits(data: BuildInput, directory: Path, *, uri: str, bits: int | None,
 
 
 class MilvusBitsSpace(BitsSpace):
+    filters_exactly = False  # the server's index answers: a filtered search asks it for more (search.py)
+
     def __init__(self, client, settings: dict, bits: int, mean: np.ndarray, projection: np.ndarray):
         self.client, self.uri, self.collection = client, settings["uri"], settings["collection"]
         self.params = {"metric_type": "HAMMING", "params": {}}
