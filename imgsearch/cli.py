@@ -98,6 +98,7 @@ def build_index_arguments(p: argparse.ArgumentParser):
     def run(a) -> int:
         from .data import CollectionError
         from .index import IndexLoadError, build_index
+        from .search import printable
         from .model import CheckpointError
         from .ray_pipeline import RayError, ray_batches
         from .spaces.milvus import MilvusError, check_uri, connect
@@ -129,7 +130,7 @@ def build_index_arguments(p: argparse.ArgumentParser):
         if summary["skipped"]:
             print(f"Skipped {len(summary['skipped'])} unreadable or non-image files, e.g.:")
             for _, why in summary["skipped"][:5]:
-                print(f"  {why}")
+                print(f"  {printable(why)}")
         return 0
     return run
 

@@ -34,7 +34,7 @@ import numpy as np
 import xxhash
 
 from . import layout
-from .data import DATA_DIR, Collection, CollectionError
+from .data import DATA_DIR, Collection, CollectionError, skipped_summary
 from .images import PREPROCESSING
 from .ingest import (BATCH, batch_file, batch_rows, encoding_workers, ingest, local_batches, read_batch, reads_files,
                      source_of)
@@ -69,6 +69,28 @@ class BuildBusyError(RuntimeError):
     """Another build into the same index is running (raised only when the caller chose not to wait)."""
 
 
+class DiskFullError(CollectionError):
+    """The disk filled up during a build: the live index is untouched and the work folder can be resumed."""
+
+
+def stops_on_full_disk(build):
+    """A build that meets a full disk (or quota) stops with one sentence instead of a traceback. Nothing is
+    lost: the half-written build folder is removed on the way out, the live index was never touched, and
+    the batches finished so far stay in the work folder, so the same command continues from them."""
+    @functools.wraps(build)
+    def guarded(*args, **kwargs):
+        try:
+            return build(*args, **kwargs)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise DiskFullError("The disk filled up while the index was being built (no space left); the index "
+                                "in use is unchanged: free some space and run the same command again, it "
+                                "continues from the batches already finished.") from None
+    return guarded
+
+
+@stops_on_full_disk
 def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLike = DEFAULT_CHECKPOINT,
                 out: str | os.PathLike = DEFAULT_INDEX, *, spaces: list[str] | None = None,
                 options: dict | None = None, code_index: str = CODE_INDEX, probes: int = PROBES,
@@ -131,6 +153,7 @@ def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLik
             step("writing the item files", 0.55)
             items, skipped = assemble(tmp_dir, work, todo, previous, source, ingested["batch_size"],
                                       int(info["model_args"]["code_dim"]))
+            skipped = source.skipped + skipped  # what the listing could not read, then what could not be decoded
             if items == 0:
                 raise CollectionError(f"{source.spec} holds no readable images ({len(skipped)} files skipped).")
             shutil.copyfile(model_path, tmp_dir / layout.MODEL)
@@ -189,6 +212,7 @@ def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLik
                 "collection": source.spec,
                 "classes": source.classes,
                 "skipped": len(skipped),
+                "skipped_files": skipped_summary(skipped, source.spec if os.path.isabs(source.spec) else None),
                 "preprocessing": PREPROCESSING,
                 "spaces": built,
                 "spaces_skipped": skipped_spaces,

@@ -14,6 +14,7 @@ the search: lists come nearest first, so nothing past the cutoff could have pass
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -22,10 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from . import layout
-from .data import label_name
+from .data import label_name, relative_name
 from .images import PREPROCESSING, to_pixels
 from .index import DEFAULT_INDEX, IndexLoadError, read_meta, resolve, verify_checksums
 from .model import CheckpointError, encode_pixels, load_checkpoint, reconstruct
+from .previews import PREVIEW_SIDE, details, enlarged, item_preview_jpeg
 from .spaces import DEFAULT_SPACES, SPACES, LoadInput, Query, Space, SpaceError, SpaceUnavailable
 
 
@@ -85,6 +87,7 @@ class Index:
         self.spaces = spaces  # name -> loaded Space, in registry order
         self.classes: list[str] = meta["classes"]
         self._path_to_id = {p: i for i, p in enumerate(paths) if p}
+        self._stats = None  # file_stats.npy, read when a preview first needs it
         self._folder_masks: dict[tuple, np.ndarray] = {}  # folders -> which items lie in them, for repeated filters
         self.maps: dict[str, np.ndarray] = {}  # "code"/"pixel" -> (N, 2), when the build made them
 
@@ -312,6 +315,30 @@ class Index:
     def thumbnail(self, i: int) -> np.ndarray:
         return self.pixels[i]
 
+    def preview_jpeg(self, i: int, side: int = PREVIEW_SIDE) -> bytes | None:
+        """Item i's own file as a JPEG picture, upright, long side at most `side` (previews.py: decoded on demand,
+        cached); None when it has no file the server may show (then its pixels stand for it)."""
+        return item_preview_jpeg(self.paths[i], self.root, self.file_stats(i), side)
+
+    def preview(self, i: int, side: int = PREVIEW_SIDE):
+        """Item i as a person sees it, a PIL image: its file, upright, long side `side` at most (at least 160 px
+        for a file of that size), or, without a file it may show, its 32x32 pixels enlarged crisply."""
+        from PIL import Image
+
+        data = self.preview_jpeg(i, side)
+        return enlarged(self.pixels[i]) if data is None else Image.open(io.BytesIO(data))
+
+    def details(self, i: int) -> dict:
+        """Item i for the larger view: name, class, file bytes, pixel dimensions, modification time (None: unknown)."""
+        return {"name": self.name(i), "label": self.label(i), **details(self.paths[i], self.root)}
+
+    def file_stats(self, i: int) -> tuple[int, int] | None:
+        """The size and modification time (ns) item i's file had when the build read it; None when not recorded."""
+        if self._stats is None:
+            recorded = layout.FILE_STATS in self.meta["checksums"]
+            self._stats = np.load(self.path / layout.FILE_STATS, mmap_mode="r") if recorded else False
+        return None if self._stats is False else (int(self._stats[i, 0]), int(self._stats[i, 1]))
+
 
 OVERFETCH_LIMIT = 10_000  # most neighbours an approximate space is asked for when a filter narrows its results
 OVERFETCH_GROWTH = 4  # each further round asks for this many times more
@@ -382,15 +409,6 @@ def clean_folder(folder: str) -> str:
     if text.startswith("/") or ".." in parts:
         raise ValueError(f"A folder is given relative to the collection's root, inside it; {folder!r} is not.")
     return os.sep.join(parts)
-
-
-def relative_name(path: str | None, root: str | None) -> str | None:
-    """A file's path relative to `root` when it lies under it, else only its name; None for no file."""
-    if path is None:
-        return None
-    if root and path.startswith(root.rstrip(os.sep) + os.sep):
-        return path[len(root.rstrip(os.sep)) + 1:]
-    return os.path.basename(path)
 
 
 def printable(name: str | None) -> str | None:

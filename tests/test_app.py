@@ -226,7 +226,7 @@ def test_the_result_grid_is_one_block_with_captions_frames_and_both_layouts():
                 lambda d: f"{d:.2f}"),
                ("Code space", [Hit(5, 0.1, None, None), Hit(6, 0.2, "cat", None)], lambda d: f"{d:.1f}")]
     body = results_html(columns, pixels, "cat", per_row=5)
-    figures = re.findall(r'<figure class="([^"]*)" style="--row:(\d+);--col:(\d+)">.*?<figcaption>(.*?)</figcaption>', body)
+    figures = re.findall(r'<figure class="([^"]*)" style="--row:(\d+);--col:(\d+)"[^>]*>.*?<figcaption>(.*?)</figcaption>', body)
     assert [(cls, row, col, html.unescape(cap)) for cls, row, col, cap in figures] == [
         ("ims-hit ims-match", "2", "1", "✓ #1 · cat · d=0.50"), ("ims-hit", "3", "1", "#2 · <dog> · d=0.75"),
         ("ims-hit", "2", "2", "#1 · unlabelled · d=0.1"), ("ims-hit ims-match", "3", "2", "✓ #2 · cat · d=0.2")]

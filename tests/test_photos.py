@@ -114,3 +114,84 @@ def test_the_command_line_narrows_and_names(index_dir, collection, capsys):
     assert rc == 0 and "0 of 10 results passed (closer than 0.000)" in out
     assert cli.main(["search", query, "--index", str(index_dir), "--folder", "/etc"]) == 2
     assert "relative to the collection's root" in capsys.readouterr().err
+
+
+# ---- a folder of camera photos: real pictures, names, the page ------------------------------------
+
+@pytest.fixture(scope="module")
+def photo_index(tmp_path_factory, checkpoint):
+    """Ten small generated camera JPEGs in nested subfolders (every third stored sideways, EXIF 6), indexed."""
+    from imgsearch.index import build_index
+    from imgsearch.photos import write_camera_folder
+
+    root = tmp_path_factory.mktemp("photos") / "camera"
+    write_camera_folder(root, 10, size=(640, 480))
+    out = root.parent / "index"
+    build_index(str(root), checkpoint, out, progress=False, maps=False)
+    return out
+
+
+def test_a_preview_is_the_file_upright_and_at_least_160_pixels(photo_index):
+    index = Index.load(photo_index)
+    names = [index.name(i) for i in range(len(index))]
+    assert "2024/mountains/day-1/IMG_0003.jpg" in names
+    upright = index.preview(names.index("2023/beach/IMG_0000.jpg"))
+    turned = index.preview(names.index("2024/mountains/day-2/IMG_0004.jpg"))  # i % 3 == 2 -> stored sideways
+    assert upright.size == (256, 192) and turned.size == (256, 192)  # EXIF orientation applied: landscape again
+    assert index.folders() == ["2023", "2023/beach", "2023/city", "2024", "2024/garden", "2024/mountains",
+                               "2024/mountains/day-1", "2024/mountains/day-2"]
+    d = index.details(names.index("2024/mountains/day-2/IMG_0004.jpg"))
+    assert (d["width"], d["height"], d["label"]) == (640, 480, "2024") and d["bytes"] > 1000 and d["modified"]
+
+
+def test_a_preview_never_reads_outside_the_collection_or_a_changed_file(photo_index, tmp_path, index_dir):
+    from imgsearch.previews import item_preview_jpeg
+
+    index = Index.load(photo_index)
+    path = index.paths[0]
+    assert item_preview_jpeg(path, index.root, index.file_stats(0))[:2] == b"\xff\xd8"
+    assert item_preview_jpeg(path, str(tmp_path), None) is None  # not inside that folder
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes(open(path, "rb").read())
+    link = os.path.join(index.root, "elsewhere.jpg")
+    os.symlink(outside, link)  # inside the collection by name, outside once resolved
+    try:
+        assert item_preview_jpeg(link, index.root, None) is None
+        assert index.details(0)["bytes"] and Index.load(photo_index).root in path
+    finally:
+        os.unlink(link)
+    size, mtime = index.file_stats(0)
+    assert item_preview_jpeg(path, index.root, (size + 1, mtime)) is None  # rewritten since the build: its pixels
+    assert Index.load(index_dir).preview(0).size == (160, 160)  # a 32x32 item: enlarged crisply
+
+
+def test_the_page_shows_photos_with_their_names_narrows_and_opens_them(photo_index, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import ROOT
+
+    monkeypatch.setenv("IMGSEARCH_INDEX", str(photo_index))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.run()
+    at.number_input(key="item_number").set_value(5).run()  # 2023/beach/IMG_0005.jpg
+    assert not at.exception, at.exception
+    grid = next(el.value for el in at.html if "class=\"ims-results\"" in el.value)
+    assert grid.count('class="ims-photo" src="data:image/jpeg;base64,') == 2 * 9
+    assert 'class="ims-name">2024/mountains/day-1/IMG_0003.jpg<' in grid
+    at.multiselect(key="filter_folders").set_value(["2024/mountains"]).run()
+    grid = next(el.value for el in at.html if "class=\"ims-results\"" in el.value)
+    assert grid.count("ims-name\">2024/mountains/") == 2 * 4 and "ims-name\">2023/" not in grid
+    assert grid.count(" · 4 of 10 passed<") == 2 and any("4 of 10 results passed" in c.value for c in at.caption)
+    at.button_group(key="open_code").set_value(0).run()
+    facts = " ".join(m.value for m in at.markdown)
+    assert "`2024/mountains/" in facts and "640×480 pixels" in facts and "bytes" in facts
+    assert index_root_hidden(at, photo_index)
+    at.button(key="opened_more").click().run()
+    assert not at.exception and at.session_state.query in {3, 4, 8, 9}
+
+
+def index_root_hidden(at, photo_index) -> bool:
+    """No absolute server path of the collection anywhere on the page."""
+    root = str(Index.load(photo_index).root)
+    texts = [el.value for el in at.html] + [m.value for m in at.markdown] + [c.value for c in at.caption]
+    return not any(root in t for t in texts)
