@@ -75,6 +75,8 @@ def warm_views(build_dir: str) -> None:
         some_item = len(index) // 2
         index.search(some_item, k=10, spaces=list(index.spaces))
         index.reconstruct(index.thumbnail(some_item))
+        for space in index.spaces:
+            cutoff_range(build_dir, space)  # the cutoff sliders' ranges: 20 searches a space
         if not index.maps:
             return
         for space in ("code", "pixel"):
@@ -276,11 +278,12 @@ def pick_ui(row, index: Index):
     return query
 
 
-def query_view_ui(index: Index, pixels: np.ndarray, query_label: str | None, caption: str) -> None:
-    """The query large, the 32x32 version the search used, and what the code (and PCA) keep of it."""
-    from imgsearch.explore import pictures_html
+def query_view_ui(index: Index, pixels: np.ndarray, query_label: str | None, caption: str, item: int | None) -> None:
+    """The query large (an item's own picture when it has one), the 32x32 version the search used, and what
+    the code (and PCA) keep of it."""
+    from imgsearch.explore import item_url, pictures_html
 
-    shown = [(pixels, caption, 224), (pixels, "32×32, as searched", 32),
+    shown = [(pixels if item is None else item_url(index, item), caption, 224), (pixels, "32×32, as searched", 32),
              (index.reconstruct(pixels), f"Auto-encoder: rebuilt from its {index.meta['code_dim']}-d code", 160)]
     pca = index.spaces.get("pca")
     if pca:
@@ -288,6 +291,14 @@ def query_view_ui(index: Index, pixels: np.ndarray, query_label: str | None, cap
     st.html(pictures_html(shown))
     if query_label:
         st.markdown(f"Query class: **{query_label}**")
+
+
+def item_caption(index: Index, item: int) -> str:
+    """"Item 12", and its name in the collection when it has a file."""
+    from imgsearch.search import printable
+
+    name = printable(index.name(item))
+    return f"Item {item}" + (f": {name}" if name else "")
 
 
 def more_like(space: str, ids: list[int]) -> None:
@@ -677,8 +688,8 @@ def main() -> None:
         return
     took = time.perf_counter() - started
     query_label = index.label(results.query_id) if results.query_id is not None else None
-    caption = f"Item {results.query_id}" if results.query_id is not None else f"Upload: {query.name}"
-    query_view_ui(index, results.query_pixels, query_label, caption)
+    caption = item_caption(index, results.query_id) if results.query_id is not None else f"Upload: {query.name}"
+    query_view_ui(index, results.query_pixels, query_label, caption, results.query_id)
     st.caption(f"Searched {len(index):,} images in {len(spaces)} spaces in {took * 1000:.0f} ms"
                + (" (the query itself is left out)." if results.query_id is not None else "."))
     opened_ui(index)

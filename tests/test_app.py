@@ -58,7 +58,7 @@ def test_pick_by_number_shows_both_grids_with_counts(app):
     assert heads[0].startswith("Pixel space: ") and heads[1].startswith("Code space: ")
     assert heads[0] == "Pixel space: 10/10 share the query's class"  # red images are trivially close in pixels
     caps = captions(app)
-    assert "Item 45" in caps and "32×32, as searched" in caps and "Auto-encoder: rebuilt from its 64-d code" in caps and "PCA: rebuilt from 256 components" in caps
+    assert "Item 45: red/005.png" in caps and "32×32, as searched" in caps and "Auto-encoder: rebuilt from its 64-d code" in caps and "PCA: rebuilt from 256 components" in caps
     ranks = [c for c in caps if "· d=" in c]
     assert len(ranks) == 20 and ranks[0].startswith("✓ #1 · red")
     assert any("the query itself is left out" in c.value for c in app.caption)
@@ -95,7 +95,7 @@ def test_more_like_this_makes_a_result_the_new_query(app):
     assert not app.exception
     new_query = app.number_input(key="item_number").value
     assert new_query != 10
-    assert f"Item {new_query}" in captions(app)
+    assert any(re.fullmatch(rf"Item {new_query}: \w+/\d+\.png", c) for c in captions(app))
     assert first_hit_caption.split(" · ")[1] in " ".join(m.value for m in app.markdown)  # its class is the query class
     assert app.button_group(key="more_code").value is None  # released: the same rank of the new grid works again
     app.button_group(key="more_pixel").set_value(3).run()
