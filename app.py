@@ -75,8 +75,6 @@ def warm_views(build_dir: str) -> None:
         some_item = len(index) // 2
         index.search(some_item, k=10, spaces=list(index.spaces))
         index.reconstruct(index.thumbnail(some_item))
-        for space in index.spaces:
-            cutoff_range(build_dir, space)  # the cutoff sliders' ranges: 20 searches a space
         if not index.maps:
             return
         for space in ("code", "pixel"):
@@ -351,7 +349,8 @@ def open_result(space: str, ids: list[int]) -> None:
 def opened_ui(index: Index) -> None:
     """The opened result: its picture at screen size, its name, file size, pixel dimensions, modification time
     and class, with "More like this" and "Close"."""
-    from imgsearch.explore import item_url, pictures_html
+    from imgsearch.explore import item_url
+    from imgsearch.previews import SCREEN_SIDE
     from imgsearch.search import printable
 
     item = st.session_state.get("opened")
@@ -359,8 +358,9 @@ def opened_ui(index: Index) -> None:
         return
     d = index.details(item)
     with st.container(border=True, key="opened_view"):
-        st.html(f'<img src="{item_url(index, item)}" alt="item {item}" style="max-width:100%;max-height:80vh;'
-                f'image-rendering:{"auto" if d["bytes"] else "pixelated"};min-width:min(100%, 256px)">')
+        url = item_url(index, item, side=SCREEN_SIDE)
+        st.html(f'<img src="{url}" alt="item {item}" style="max-width:100%;max-height:80vh;min-width:min(100%, 256px);'
+                f'image-rendering:{"auto" if url.startswith("data:image/jpeg") else "pixelated"}">')
         facts = [f"`{printable(d['name'])}`" if d["name"] else f"item {item} (no file of its own)",
                  f"class **{d['label'] or 'unlabelled'}**"]
         if d["bytes"] is not None:
@@ -406,9 +406,9 @@ def narrow_ui(index: Index, spaces: list[str]) -> dict:
                                       placeholder="every class") if index.classes else None}
     cutoffs = {}
     for space in spaces:
-        low, high, middle = cutoff_range(str(index.path), space)
         title = index.spaces[space].title
         if st.checkbox(f"{title}: only results closer than…", key=f"cutoff_on_{space}"):
+            low, high, middle = cutoff_range(str(index.path), space)  # 20 searches, once a build: only when asked
             cutoffs[space] = st.slider(f"{title}: maximum distance", low, high, middle, key=f"cutoff_{space}",
                                        format="%.3f" if high < 10 else "%.0f")
     return {**chosen, "max_distance": cutoffs or None}

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from .previews import PREVIEW_SIDE, is_small
 from .search import Index, printable
 
 MAP_POINTS = 5000  # background dots per map: enough to show the classes' shapes, ~70 KB per map on the wire
@@ -30,16 +31,19 @@ MATCH = "rgb(34, 160, 70)"  # frame of a result that shares the query's class
 ROLES = ("sample", "neighbour", "query")  # drawing order on the map: the query last, on top
 
 
-def item_url(index: Index, i: int, size: int | None = None) -> str:
-    """Item i's picture as a data URL: its own file (a JPEG preview, previews.py) when the server may show it,
-    else its 32x32 pixels as PNG (`size`: enlarged to that many pixels, for places that cannot enlarge)."""
-    jpeg = index.preview_jpeg(i)
-    return data_url(index.thumbnail(i), size) if jpeg is None else _jpeg_url(jpeg)
+def item_url(index: Index, i: int, size: int | None = None, side: int = PREVIEW_SIDE) -> str:
+    """Item i's picture as a data URL: its own file (a JPEG preview, long side `side`; previews.py) when the
+    server may show it, else its 32x32 pixels as PNG (`size`: enlarged to that many pixels, for places that
+    cannot enlarge)."""
+    jpeg = index.preview_jpeg(i, side)
+    url = None if jpeg is None else _jpeg_url(jpeg)
+    return data_url(index.thumbnail(i), size) if url is None else url
 
 
 @lru_cache(maxsize=512)
-def _jpeg_url(jpeg: bytes) -> str:
-    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+def _jpeg_url(jpeg: bytes) -> str | None:
+    """A preview as a data URL; None for a CIFAR-sized one, whose indexed pixels show it as well, in less."""
+    return None if is_small(jpeg) else "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
 
 
 def warm_previews(index: Index, ids) -> None:

@@ -28,14 +28,24 @@ from PIL import Image, ImageOps
 from .images import FORMATS, MAX_BYTES, ImageError, _check_shape
 
 PREVIEW_SIDE = 256  # long side of a preview: sharp in a result grid's cell on a high-density screen
+SCREEN_SIDE = 1280  # long side of an opened result: a screen's worth (JPEG draft still decodes at 1/2 or 1/4)
 PIXELS_SIDE = 160  # a 32x32 item enlarged 5x, crisp
 JPEG_QUALITY = 85
 CACHE_ITEMS = 2048  # encoded previews kept (~12 KB each: ~25 MB)
 
 
-def enlarged(pixels: np.ndarray, side: int = PIXELS_SIDE) -> Image.Image:
-    """A (32, 32, 3) image as a PIL image `side` pixels square, every pixel a crisp block."""
-    return Image.fromarray(np.ascontiguousarray(pixels)).resize((side, side), Image.Resampling.NEAREST)
+def enlarged(pixels: np.ndarray | Image.Image, side: int = PIXELS_SIDE) -> Image.Image:
+    """A small picture ((32, 32, 3) pixels, or a PIL image) enlarged by whole pixels to a long side of at least
+    `side`, every pixel a crisp block."""
+    img = Image.fromarray(np.ascontiguousarray(pixels)) if isinstance(pixels, np.ndarray) else pixels
+    factor = -(-side // max(img.size))
+    return img.resize((img.width * factor, img.height * factor), Image.Resampling.NEAREST)
+
+
+def is_small(jpeg: bytes) -> bool:
+    """Whether a preview is smaller than PIXELS_SIDE (a CIFAR-sized file): shown as pixels, not as a photo."""
+    with Image.open(io.BytesIO(jpeg)) as img:
+        return max(img.size) < PIXELS_SIDE
 
 
 def inside(path: str, root: str | None) -> bool:
@@ -47,8 +57,7 @@ def inside(path: str, root: str | None) -> bool:
 
 
 def file_preview(path: str, side: int = PREVIEW_SIDE) -> Image.Image:
-    """The picture in `path`, upright (EXIF orientation), long side at most `side` (a smaller picture enlarged by
-    whole pixels to at least PIXELS_SIDE), RGB; ImageError when unusable.
+    """The picture in `path`, upright (EXIF orientation), long side at most `side`, RGB; ImageError when unusable.
 
     JPEG decodes in draft mode at the smallest scale (1/2 ... 1/8) that still gives `side` pixels."""
     try:
@@ -59,9 +68,6 @@ def file_preview(path: str, side: int = PREVIEW_SIDE) -> Image.Image:
             img.draft("RGB", (side, side))
             img = ImageOps.exif_transpose(img)  # a copy: it outlives the open file
             img.thumbnail((side, side), Image.Resampling.LANCZOS)
-            if max(img.size) < PIXELS_SIDE:  # a tiny file (a CIFAR-10 JPEG): whole pixels enlarged, crisp
-                factor = -(-PIXELS_SIDE // max(img.size))
-                img = img.resize((img.width * factor, img.height * factor), Image.Resampling.NEAREST)
             return img.convert("RGB")
     except ImageError:
         raise

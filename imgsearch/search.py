@@ -27,7 +27,7 @@ from .data import label_name, relative_name
 from .images import PREPROCESSING, to_pixels
 from .index import DEFAULT_INDEX, IndexLoadError, read_meta, resolve, verify_checksums
 from .model import CheckpointError, encode_pixels, load_checkpoint, reconstruct
-from .previews import PREVIEW_SIDE, details, enlarged, item_preview_jpeg
+from .previews import PIXELS_SIDE, PREVIEW_SIDE, details, enlarged, item_preview_jpeg
 from .spaces import DEFAULT_SPACES, SPACES, LoadInput, Query, Space, SpaceError, SpaceUnavailable
 
 
@@ -321,12 +321,15 @@ class Index:
         return item_preview_jpeg(self.paths[i], self.root, self.file_stats(i), side)
 
     def preview(self, i: int, side: int = PREVIEW_SIDE):
-        """Item i as a person sees it, a PIL image: its file, upright, long side `side` at most (at least 160 px
-        for a file of that size), or, without a file it may show, its 32x32 pixels enlarged crisply."""
+        """Item i as a person sees it, a PIL image: its file, upright, long side `side` at most, or (a file smaller
+        than PIXELS_SIDE, or none it may show) its pixels enlarged crisply to at least PIXELS_SIDE (160 px)."""
         from PIL import Image
 
         data = self.preview_jpeg(i, side)
-        return enlarged(self.pixels[i]) if data is None else Image.open(io.BytesIO(data))
+        if data is None:
+            return enlarged(self.pixels[i])
+        img = Image.open(io.BytesIO(data))
+        return enlarged(img) if max(img.size) < PIXELS_SIDE else img
 
     def details(self, i: int) -> dict:
         """Item i for the larger view: name, class, file bytes, pixel dimensions, modification time (None: unknown)."""

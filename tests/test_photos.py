@@ -195,3 +195,12 @@ def index_root_hidden(at, photo_index) -> bool:
     root = str(Index.load(photo_index).root)
     texts = [el.value for el in at.html] + [m.value for m in at.markdown] + [c.value for c in at.caption]
     return not any(root in t for t in texts)
+
+
+def test_a_cutoff_slider_spans_the_collection_s_own_distances(index):
+    from imgsearch.explore import distance_range
+
+    low, high, middle = distance_range(index, "bits", queries=5, k=10)
+    found = [h.distance for i in np.random.default_rng(0).choice(len(index), 5, replace=False)
+             for h in index.search(int(i), k=10, spaces=["bits"]).hits["bits"]]
+    assert (low, high, middle) == (0.0, max(found), float(np.median(found)))
