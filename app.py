@@ -75,6 +75,7 @@ def warm_views(build_dir: str) -> None:
         some_item = len(index) // 2
         index.search(some_item, k=10, spaces=list(index.spaces))
         index.reconstruct(index.thumbnail(some_item))
+        index_folders(build_dir)  # the folder filter's choices: a pass over every name
         if not index.maps:
             return
         for space in ("code", "pixel"):
