@@ -1,6 +1,7 @@
 """How long a person waits for the page: the Streamlit app over an index, driven in headless Chromium.
 
     /work/bin/quietly .venv/bin/python scripts/benchmark_page.py --index /tmp/page-index --json docs/page.json
+    .venv/bin/python scripts/benchmark_page.py --photos 2000 --json docs/page_photos.json   # generated camera photos
 
 Starts the server on a free port of 127.0.0.1, then measures, each time from the action until the page
 has answered it (the script ran and is idle again, nothing is stale, every picture has loaded):
