@@ -33,7 +33,9 @@ INDEX_DIR = os.environ.get("IMGSEARCH_INDEX", str(DATA_DIR / "index"))  # index.
 BUILD_ROOT = os.environ.get("IMGSEARCH_BUILD_ROOT") or None  # unset: the page cannot build
 # Session keys that hold item ids, classes or space names of one build: cleared when the index is swapped.
 INDEX_STATE = ("query", "item_number", "pick_class", "spaces", "map_code", "map_pixel", "quality_class",
-               "quality_first", "quality_second", "between", "directions_class")
+               "quality_first", "quality_second", "between", "directions_class", "filter_folders",
+               "filter_classes", "opened")
+CUTOFF_KEYS = ("cutoff_on_", "cutoff_")  # per space: the cutoff's switch and value, whose range is the build's
 ABSOLUTE_PATH = re.compile(r"(?<![\w.~/-])/[^\s`'\"()\[\]{},;]*")
 VIEWS = ("Search", "Map", "Quality")
 MAX_COLUMNS = 4  # spaces side by side; more would shrink each grid below a readable size
@@ -74,6 +76,7 @@ def warm_views(build_dir: str) -> None:
         some_item = len(index) // 2
         index.search(some_item, k=10, spaces=list(index.spaces))
         index.reconstruct(index.thumbnail(some_item))
+        index_folders(build_dir)  # the folder filter's choices: a pass over every name
         if not index.maps:
             return
         for space in ("code", "pixel"):
@@ -184,6 +187,22 @@ def sidebar_ui(index: Index) -> None:
         st.markdown("**Spaces**\n\n" + "\n".join(f"- **{name}**: {space.description}" + settings_note(m["spaces"][name]["settings"])
                                for name, space in index.spaces.items()))
         st.caption(f"Index directory: `{shown_path(INDEX_DIR)}`")
+        skipped_ui(m)
+
+
+def skipped_ui(meta: dict) -> None:
+    """The files the build skipped: how many for each reason, and the first names (relative to the collection)."""
+    from imgsearch.search import printable
+
+    summary = meta.get("skipped_files")
+    if not meta.get("skipped") or not isinstance(summary, dict):
+        return
+    with st.expander(f"Skipped files ({meta['skipped']:,})", expanded=False):
+        st.markdown("\n".join(f"- {count:,}: {printable(public(str(reason)))}"
+                              for reason, count in summary.get("reasons", {}).items()))
+        first = summary.get("first", [])
+        st.caption(f"The first {len(first)}:")
+        st.markdown("\n".join(f"- `{printable(str(name))}`: {printable(public(str(why)))}" for name, why in first))
 
 
 def settings_note(settings: dict) -> str:
@@ -215,7 +234,7 @@ def follow_index(index: Index) -> None:
     seen = st.session_state.get("build")
     if seen is not None and seen != build:
         had_query = st.session_state.get("query") is not None
-        for key in INDEX_STATE:
+        for key in [*INDEX_STATE, *(k for k in st.session_state if str(k).startswith(CUTOFF_KEYS))]:
             st.session_state.pop(key, None)
         st.session_state.collection_changed = had_query
     st.session_state.build = build
@@ -260,11 +279,12 @@ def pick_ui(row, index: Index):
     return query
 
 
-def query_view_ui(index: Index, pixels: np.ndarray, query_label: str | None, caption: str) -> None:
-    """The query large, the 32x32 version the search used, and what the code (and PCA) keep of it."""
-    from imgsearch.explore import pictures_html
+def query_view_ui(index: Index, pixels: np.ndarray, query_label: str | None, caption: str, item: int | None) -> None:
+    """The query large (an item's own picture when it has one), the 32x32 version the search used, and what
+    the code (and PCA) keep of it."""
+    from imgsearch.explore import item_url, pictures_html
 
-    shown = [(pixels, caption, 224), (pixels, "32×32, as searched", 32),
+    shown = [(pixels if item is None else item_url(index, item), caption, 224), (pixels, "32×32, as searched", 32),
              (index.reconstruct(pixels), f"Auto-encoder: rebuilt from its {index.meta['code_dim']}-d code", 160)]
     pca = index.spaces.get("pca")
     if pca:
@@ -272,6 +292,14 @@ def query_view_ui(index: Index, pixels: np.ndarray, query_label: str | None, cap
     st.html(pictures_html(shown))
     if query_label:
         st.markdown(f"Query class: **{query_label}**")
+
+
+def item_caption(index: Index, item: int) -> str:
+    """"Item 12", and its name in the collection when it has a file."""
+    from imgsearch.search import printable
+
+    name = printable(index.name(item))
+    return f"Item {item}" + (f": {name}" if name else "")
 
 
 def more_like(space: str, ids: list[int]) -> None:
@@ -284,25 +312,33 @@ def more_like(space: str, ids: list[int]) -> None:
 
 def results_ui(index: Index, results, spaces: list[str], query_label: str | None) -> None:
     """Every space's top-k as one picture grid (side by side; rank by rank on a phone), then a row of
-    "more like this" pills per space: one element each instead of a picture and a button per hit."""
-    from imgsearch.explore import results_html
+    "more like this" pills and one of "open" pills per space: one element each instead of a picture and
+    buttons per hit."""
+    from imgsearch.explore import item_url, results_html, warm_previews
 
     matches = results.agreement(query_label) or {}
     columns = []
     for space in spaces:
         title, hits = index.spaces[space].title, results.hits[space]
         header = f"{title}: {matches[space]}/{len(hits)} share the query's class" if space in matches else title
+        if space in results.notes:
+            header += f" · {results.passed(space)} of {results.k} passed"
         if space in results.unavailable:
             header = f"{title}: unavailable"
         columns.append((header, hits, index.spaces[space].format_distance))
+    warm_previews(index, {h.id for space in spaces for h in results.hits[space]})
     per_row = 5 if len(spaces) <= 2 else 3  # keep thumbnails large enough to see when more spaces share the width
-    st.html(results_html(columns, index.thumbnail, query_label, per_row))
+    st.html(results_html(columns, lambda i: item_url(index, i), query_label, per_row))
     for why in results.unavailable.values():
         st.warning(why)
+    for note in results.notes.values():
+        st.caption(note)
     for col, space in zip(st.columns(len(spaces), gap="large"), spaces):
         hits = results.hits[space]
         col.pills(f"More like this: {index.spaces[space].title.lower()} result", list(range(len(hits))), key=f"more_{space}",
                   format_func=lambda r: f"#{r + 1}", on_change=more_like, args=(space, [h.id for h in hits]))
+        col.pills(f"Open: {index.spaces[space].title.lower()} result", list(range(len(hits))), key=f"open_{space}",
+                  format_func=lambda r: f"#{r + 1}", on_change=open_result, args=(space, [h.id for h in hits]))
     between_ui(index, results, spaces)
 
 
@@ -368,6 +404,87 @@ def directions_ui(index: Index) -> None:
         st.html(pictures_html([(p, n, 96) for p, n in zip(row, names)]))
 
 
+def open_result(space: str, ids: list[int]) -> None:
+    """An "open" pill: its hit is shown large (opened_ui), and the pill is released for the next click."""
+    rank = st.session_state.get(f"open_{space}")
+    st.session_state[f"open_{space}"] = None
+    if rank is not None:
+        st.session_state.opened = ids[rank]
+
+
+def opened_ui(index: Index) -> None:
+    """The opened result: its picture at screen size, its name, file size, pixel dimensions, modification time
+    and class, with "More like this" and "Close"."""
+    from imgsearch.explore import item_url
+    from imgsearch.previews import SCREEN_SIDE
+    from imgsearch.search import printable
+
+    item = st.session_state.get("opened")
+    if not isinstance(item, int) or not 0 <= item < len(index):
+        return
+    d = index.details(item)
+    with st.container(border=True, key="opened_view"):
+        url = item_url(index, item, side=SCREEN_SIDE)
+        st.html(f'<img src="{url}" alt="item {item}" style="max-width:100%;max-height:80vh;min-width:min(100%, 256px);'
+                f'image-rendering:{"auto" if url.startswith("data:image/jpeg") else "pixelated"}">')
+        facts = [f"`{printable(d['name'])}`" if d["name"] else f"item {item} (no file of its own)",
+                 f"class **{d['label'] or 'unlabelled'}**"]
+        if d["bytes"] is not None:
+            facts.append(f"{d['bytes']:,} bytes")
+        if d["width"]:
+            facts.append(f"{d['width']}×{d['height']} pixels")
+        if d["modified"]:
+            facts.append(f"modified {d['modified']}")
+        st.markdown(" · ".join(facts))
+        row = st.container(horizontal=True)
+        row.button("More like this", key="opened_more", on_click=lambda: (set_query(item), st.session_state.pop("opened")))
+        row.button("Close", key="opened_close", on_click=lambda: st.session_state.pop("opened", None))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def cutoff_range(build_dir: str, space: str) -> tuple[float, float, float]:
+    """A distance cutoff slider's range in `space`, from the collection's own distances (explore.distance_range)."""
+    from imgsearch.explore import distance_range
+
+    return distance_range(load_index(build_dir), space)
+
+
+def settings_ui(row, index: Index) -> tuple[list[str], int, dict]:
+    """The spaces, k, and the filters and cutoffs (Index.search's keywords), each in a popover of `row`."""
+    # The controls wait in popovers: a closed popover's widgets are not drawn, so a visit does not wait
+    # for the browser to compile their code (a later visit 160-280 ms sooner, docs/page.md).
+    with row.popover("Search settings"):
+        spaces = spaces_ui(index)
+        k = st.slider("Neighbours per space (k)", 1, 50, 10, key="k")
+    with row.popover("Narrow the results"):
+        narrow = narrow_ui(index, spaces)
+    return spaces, k, narrow
+
+
+def narrow_ui(index: Index, spaces: list[str]) -> dict:
+    """Folder and class filters and a per-space distance cutoff (off by default): Index.search's keywords."""
+    folders = index_folders(str(index.path))
+    from imgsearch.search import printable
+
+    chosen = {"folder": st.multiselect("Only in these folders", folders, key="filter_folders",
+                                       format_func=printable, placeholder="every folder") if folders else None,
+              "label": st.multiselect("Only of these classes", index.classes, key="filter_classes",
+                                      placeholder="every class") if index.classes else None}
+    cutoffs = {}
+    for space in spaces:
+        title = index.spaces[space].title
+        if st.checkbox(f"{title}: only results closer than…", key=f"cutoff_on_{space}"):
+            low, high, middle = cutoff_range(str(index.path), space)  # 20 searches, once a build: only when asked
+            cutoffs[space] = st.slider(f"{title}: maximum distance", low, high, middle, key=f"cutoff_{space}",
+                                       format="%.3f" if high < 10 else "%.0f")
+    return {**chosen, "max_distance": cutoffs or None}
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
+def index_folders(build_dir: str) -> list[str]:
+    return load_index(build_dir).folders()
+
+
 @st.cache_data(show_spinner=False, max_entries=4)
 def map_background(build_dir: str, space: str, limit: int):
     """The bounded sample every query's map is drawn on: the same dots for every query of one build."""
@@ -431,7 +548,7 @@ def pick_from_map(space: str) -> None:
 
 
 def map_view(index: Index) -> None:
-    from imgsearch.explore import MAP_POINTS, pictures_html
+    from imgsearch.explore import MAP_POINTS, item_url, pictures_html
 
     if not index.maps:
         st.info("This index has no 2-D maps: rebuild it with scripts/build_index.py (without --no-maps).")
@@ -457,7 +574,7 @@ def map_view(index: Index) -> None:
             st.subheader(title)
             map_chart_ui(index, space, query_id, neighbours, MAP_POINTS)
     if query_id is not None:
-        st.html(pictures_html([(index.thumbnail(i), c, 64) for i, c in
+        st.html(pictures_html([(item_url(index, i), c, 64) for i, c in
                                zip([query_id] + neighbours, ["query"] + [f"#{r + 1}" for r in range(len(neighbours))])]))
     directions_ui(index)
 
@@ -528,7 +645,7 @@ def quality_view(index: Index) -> None:
     import pandas as pd
 
     from imgsearch.evaluate import REPRESENTATIONS
-    from imgsearch.explore import groups_html
+    from imgsearch.explore import groups_html, item_url
     from imgsearch.quality import ReportError, load_evaluation
 
     try:
@@ -583,8 +700,8 @@ def quality_view(index: Index) -> None:
         if not triples:
             st.caption("none among the sampled images")
             continue
-        st.html(groups_html([[(index.thumbnail(q), "query", 64), (index.thumbnail(x), f"{first}: {index.label(x)}", 64),
-                               (index.thumbnail(y), f"{second}: {index.label(y)}", 64)] for q, x, y in triples[:6]]))
+        st.html(groups_html([[(item_url(index, q), "query", 64), (item_url(index, x), f"{first}: {index.label(x)}", 64),
+                               (item_url(index, y), f"{second}: {index.label(y)}", 64)] for q, x, y in triples[:6]]))
 
 
 def main() -> None:
@@ -624,18 +741,14 @@ def main() -> None:
         st.markdown("**…or pick one from the collection**")
         row = st.container(horizontal=True)
     query = pick_ui(row, index)
-    # The controls wait in popovers: a closed popover's widgets are not drawn, so a visit does not wait
-    # for the browser to compile their code (a later visit 160-280 ms sooner, docs/page.md).
-    with row.popover("Search settings"):
-        spaces = spaces_ui(index)
-        k = st.slider("Neighbours per space (k)", 1, 50, 10, key="k")
+    spaces, k, narrow = settings_ui(row, index)
     if query is None:
         st.info("Upload an image or pick one from the collection to search.")
         return
     started = time.perf_counter()
     try:
-        results = index.search(query, k=k, spaces=spaces)
-    except ImageError as e:
+        results = index.search(query, k=k, spaces=spaces, **narrow)
+    except (ImageError, ValueError) as e:
         st.error(str(e))
         return
     except IndexError:  # an item id from before a swap that follow_index could not see (defence in depth)
@@ -643,10 +756,11 @@ def main() -> None:
         return
     took = time.perf_counter() - started
     query_label = index.label(results.query_id) if results.query_id is not None else None
-    caption = f"Item {results.query_id}" if results.query_id is not None else f"Upload: {query.name}"
-    query_view_ui(index, results.query_pixels, query_label, caption)
+    caption = item_caption(index, results.query_id) if results.query_id is not None else f"Upload: {query.name}"
+    query_view_ui(index, results.query_pixels, query_label, caption, results.query_id)
     st.caption(f"Searched {len(index):,} images in {len(spaces)} spaces in {took * 1000:.0f} ms"
                + (" (the query itself is left out)." if results.query_id is not None else "."))
+    opened_ui(index)
     results_ui(index, results, spaces, query_label)
 
 

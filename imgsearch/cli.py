@@ -119,6 +119,7 @@ def build(a, p) -> int:
     from .index import BuildError, build_index
     from .integrity import IndexLoadError
     from .model import CheckpointError
+    from .search import printable
     from .ray_pipeline import RayError, ray_batches
     from .spaces.milvus import MilvusError, check_uri, connect
 
@@ -147,7 +148,7 @@ def build(a, p) -> int:
     if summary["skipped"]:
         print(f"Skipped {len(summary['skipped'])} unreadable or non-image files, e.g.:")
         for _, why in summary["skipped"][:5]:
-            print(f"  {why}")
+            print(f"  {printable(why)}")
     return 0
 
 
@@ -165,17 +166,24 @@ def search_arguments(p: argparse.ArgumentParser):
                    help=f"comma-separated spaces to search (default: {','.join(DEFAULT_SPACES)})")
     p.add_argument("--json", action="store_true",
                    help='print one JSON object with a list of hits per space: {"pixel": [...], "code": [...]}')
+    p.add_argument("--max-distance", type=float, default=None, metavar="D",
+                   help="only results closer than D, in each space's unit (fewer than k results are then normal)")
+    p.add_argument("--folder", action="append", default=None, metavar="SUBPATH",
+                   help="only results under this folder, relative to the collection's root (repeatable: any of them)")
+    p.add_argument("--label", action="append", default=None, metavar="NAME",
+                   help="only results of this class (repeatable: any of them)")
 
     def run(a) -> int:
         from .images import ImageError
         from .integrity import IndexLoadError
-        from .search import Index
+        from .search import Index, printable
 
         if a.k < 1:
             p.error("-k must be at least 1")
         try:
             index = Index.load(a.index)
-            results = index.search(a.image, k=a.k, spaces=a.spaces)
+            results = index.search(a.image, k=a.k, spaces=a.spaces, max_distance=a.max_distance,
+                                   folder=a.folder, label=a.label)
         except (ImageError, IndexLoadError, ValueError) as e:
             return fail(str(e), 2)
         if a.json:
@@ -186,9 +194,15 @@ def search_arguments(p: argparse.ArgumentParser):
                     continue
                 space = index.spaces[name]
                 print(f"\n{space.title.lower()} ({space.metric})")
-                print(f"{'rank':>4} {'id':>7} {'distance':>10}  {'label':<12} path")
+                print(f"{'rank':>4} {'id':>7} {'distance':>10}  {'label':<12} name")
                 for rank, h in enumerate(hits, 1):
-                    print(f"{rank:>4} {h.id:>7} {space.format_distance(h.distance):>10}  {str(h.label or '-'):<12} {h.path or '-'}")
+                    print(f"{rank:>4} {h.id:>7} {space.format_distance(h.distance):>10}  {str(h.label or '-'):<12} "
+                          f"{printable(h.name) or '-'}")
+                if name in results.notes:
+                    print(results.notes[name])
+        if a.json:  # the JSON holds only hits: why a space has fewer than k goes beside it
+            for note in results.notes.values():
+                print(note, file=sys.stderr)
         for why in results.unavailable.values():  # the other spaces' hits are printed; the exit status says not all
             print(f"error: {why}", file=sys.stderr)
         return 1 if results.unavailable else 0

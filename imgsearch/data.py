@@ -109,6 +109,7 @@ class FolderListing:
     stats: np.ndarray  # (n, 2) int64: size and modification time (ns), which tell `--update` what changed
     labels: np.ndarray  # (n,) int64: index into `classes` of the file's first subfolder, -1 at the top level
     classes: list[str]  # the first-level subfolders holding files, sorted
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why) for names that could not be read
 
 
 def list_folder(root: str | os.PathLike) -> FolderListing:
@@ -120,7 +121,7 @@ def list_folder(root: str | os.PathLike) -> FolderListing:
     if not root.is_dir():
         raise CollectionError(f"{root} is not a folder; use --data cifar10 or a folder of images.")
     base = str(root.resolve())
-    paths, stats, tops = [], [], []
+    paths, stats, tops, skipped = [], [], [], []
     for dirpath, dirnames, filenames in os.walk(base):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel = os.path.relpath(dirpath, base)
@@ -129,15 +130,44 @@ def list_folder(root: str | os.PathLike) -> FolderListing:
             path = os.path.join(dirpath, name)
             try:
                 st = os.stat(path)
-            except OSError:
-                continue  # vanished or unreadable between listing and stat: not part of the collection
+            except OSError as e:  # a broken link, a loop of links, a file gone since the folder was listed
+                skipped.append((path, f"{name} could not be read ({e.strerror or type(e).__name__})."))
+                continue
             paths.append(path)
             stats.append((st.st_size, st.st_mtime_ns))
             tops.append(top)
     classes = sorted({t for t in tops if t is not None})
     index = {c: i for i, c in enumerate(classes)}
     labels = np.array([index[t] if t is not None else -1 for t in tops], dtype=np.int64)
-    return FolderListing(base, paths, np.array(stats, dtype=np.int64).reshape(-1, 2), labels, classes)
+    return FolderListing(base, paths, np.array(stats, dtype=np.int64).reshape(-1, 2), labels, classes, skipped)
+
+
+SKIPPED_SHOWN = 20  # skipped files a build names in meta.json (the page's sidebar lists them); all are counted
+
+
+def relative_name(path: str | None, root: str | None) -> str | None:
+    """A file's path relative to `root` when it lies under it, else only its name; None for no file."""
+    if path is None:
+        return None
+    if root and path.startswith(root.rstrip(os.sep) + os.sep):
+        return path[len(root.rstrip(os.sep)) + 1:]
+    return os.path.basename(path)
+
+
+def skip_reason(path: str, why: str) -> str:
+    """Why a file was skipped, without its name: "is not an image format this tool can read." and the like."""
+    name = os.path.basename(path)
+    return why[len(name):].strip() if why.startswith(name) else why.replace(path, "").strip()
+
+
+def skipped_summary(skipped: list[tuple[str, str]], root: str | None) -> dict:
+    """How many files were skipped for each reason, and the first SKIPPED_SHOWN by name (relative to the root)."""
+    reasons: dict[str, int] = {}
+    for path, why in skipped:
+        reason = skip_reason(path, why)
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return {"reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+            "first": [[relative_name(path, root), skip_reason(path, why)] for path, why in skipped[:SKIPPED_SHOWN]]}
 
 
 def load_folder(root: str | os.PathLike, *, progress: bool = True) -> Collection:

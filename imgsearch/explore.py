@@ -13,6 +13,8 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -20,12 +22,42 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .search import Index
+from .previews import PREVIEW_SIDE, is_small
+from .search import Index, printable
 
 MAP_POINTS = 5000  # background dots per map: enough to show the classes' shapes, ~70 KB per map on the wire
 HOVER_SAMPLE = 50  # sampled dots whose hover shows a picture, besides the query and its neighbours (~4 KB each, per map)
 MATCH = "rgb(34, 160, 70)"  # frame of a result that shares the query's class
 ROLES = ("sample", "neighbour", "query")  # drawing order on the map: the query last, on top
+
+
+def item_url(index: Index, i: int, size: int | None = None, side: int = PREVIEW_SIDE) -> str:
+    """Item i's picture as a data URL: its own file (a JPEG preview, long side `side`; previews.py) when the
+    server may show it, else its 32x32 pixels as PNG (`size`: enlarged to that many pixels, for places that
+    cannot enlarge)."""
+    jpeg = index.preview_jpeg(i, side)
+    url = None if jpeg is None else _jpeg_url(jpeg)
+    return data_url(index.thumbnail(i), size) if url is None else url
+
+
+@lru_cache(maxsize=512)
+def _jpeg_url(jpeg: bytes) -> str | None:
+    """A preview as a data URL; None for a CIFAR-sized one, whose indexed pixels show it as well, in less."""
+    return None if is_small(jpeg) else "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+
+
+def warm_previews(index: Index, ids) -> None:
+    """Decode the items' previews on every core at once (Pillow decodes without the GIL), into their cache:
+    a page of photos is drawn in the time of a few decodes instead of all of them one after another."""
+    ids = [int(i) for i in ids if index.paths[int(i)] is not None]
+    if len(ids) > 1:
+        with ThreadPoolExecutor(min(len(ids), os.cpu_count() or 1)) as pool:
+            list(pool.map(index.preview_jpeg, ids))
+
+
+def picture_url(picture) -> str:
+    """A data URL as it is, or (32, 32, 3) pixels as one."""
+    return picture if isinstance(picture, str) else data_url(picture)
 
 
 def data_url(pixels: np.ndarray, size: int | None = None) -> str:
@@ -76,6 +108,8 @@ GRID_CSS = """<style>
 .ims-hit img { width: 100%; aspect-ratio: 1; image-rendering: pixelated; display: block; border-radius: 2px;
                border: 3px solid transparent; box-sizing: border-box; }
 .ims-hit.ims-match img { border-color: var(--match); }
+.ims-hit img.ims-photo { object-fit: cover; image-rendering: auto; }
+.ims-name { opacity: .75; font-size: .72rem; }
 .ims-hit figcaption { font-size: .78rem; line-height: 1.25; opacity: .8; overflow-wrap: anywhere; }
 /* A phone: rank by rank, so the spaces stay comparable at a glance. */
 @container ims (max-width: 760px) {
@@ -86,7 +120,8 @@ GRID_CSS = """<style>
 }
 .ims-query { display: flex; flex-wrap: wrap; gap: 1rem; align-items: flex-end; }
 .ims-query figure { margin: 0; }
-.ims-query img { image-rendering: pixelated; display: block; }
+.ims-query img { image-rendering: pixelated; display: block; object-fit: cover; }
+.ims-query img.ims-photo { image-rendering: auto; }
 .ims-query figcaption { font-size: .85rem; opacity: .8; max-width: 16rem; }
 .ims-groups { align-items: flex-start; gap: 1.2rem; }
 .ims-group { display: flex; flex-direction: column; gap: .3rem; }
@@ -96,7 +131,8 @@ GRID_CSS = """<style>
 def results_html(columns: list[tuple[str, list, object]], thumbnail, query_label: str | None, per_row: int) -> str:
     """The result grids of every space as one HTML block.
 
-    columns: (header, hits, distance formatter) per space, in display order; thumbnail(id) -> (32, 32, 3) uint8.
+    columns: (header, hits, distance formatter) per space, in display order; thumbnail(id) -> (32, 32, 3) uint8
+    or a data URL (`item_url`). A hit with a file has its name (relative to the collection's root) below.
     """
     k = max((len(hits) for _, hits, _ in columns), default=0)
     cells = {(c.space, c.rank): c for c in rank_by_rank(len(columns), k)}
@@ -108,21 +144,31 @@ def results_html(columns: list[tuple[str, list, object]], thumbnail, query_label
             cell = cells[(s, r)]
             same = query_label is not None and hit.label == query_label
             caption = f"{'✓ ' if same else ''}#{r + 1} · {hit.label or 'unlabelled'} · d={fmt(hit.distance)}"
+            name = printable(getattr(hit, "name", None))
+            named = f'<br><span class="ims-name">{html.escape(name)}</span>' if name else ""
+            src = picture_url(thumbnail(hit.id))
+            photo = ' class="ims-photo"' if src.startswith("data:image/jpeg") else ""
             parts.append(f'<figure class="ims-hit{" ims-match" if same else ""}" style="--row:{cell.narrow_row};'
-                         f'--col:{cell.narrow_col}"><img src="{data_url(thumbnail(hit.id))}" alt="{html.escape(caption)}">'
-                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+                         f'--col:{cell.narrow_col}" title="{html.escape(name or caption)}"><img{photo} src="{src}" '
+                         f'alt="{html.escape(name or caption)}"><figcaption>{html.escape(caption)}{named}</figcaption></figure>')
         parts.append("</div>")
     parts.append("</div></div>" + GRID_CSS)  # the style after the content: a leading <style> is dropped by the sanitiser
     return "".join(parts)
 
 
 def _figures(pictures) -> str:
-    return "".join(f'<figure><img src="{data_url(p)}" width="{w}" height="{w}" alt="{html.escape(c)}">'
-                   f"<figcaption>{html.escape(c)}</figcaption></figure>" for p, c, w in pictures)
+    out = []
+    for p, c, w in pictures:
+        src = picture_url(p)
+        photo = ' class="ims-photo"' if src.startswith("data:image/jpeg") else ""
+        out.append(f'<figure><img{photo} src="{src}" width="{w}" height="{w}" alt="{html.escape(c)}">'
+                   f"<figcaption>{html.escape(c)}</figcaption></figure>")
+    return "".join(out)
 
 
-def pictures_html(pictures: list[tuple[np.ndarray, str, int]]) -> str:
-    """A row of pictures, each (pixels, caption, width in CSS pixels), enlarged without smoothing."""
+def pictures_html(pictures: list[tuple[np.ndarray | str, str, int]]) -> str:
+    """A row of pictures, each (pixels or a data URL, caption, width in CSS pixels); pixels are enlarged
+    without smoothing, photos cropped to the square."""
     return f'<div class="ims-query">{_figures(pictures)}</div>{GRID_CSS}'
 
 
@@ -173,7 +219,22 @@ def map_highlights(index: Index, space: str, query_id: int | None, neighbour_ids
     if query_id is not None:
         roles[int(query_id)] = "query"
     ids = np.array(sorted(roles, key=lambda i: ROLES.index(roles[i])), dtype=np.int64)  # drawn in this order
+    warm_previews(index, ids)
     xy = index.maps[space][ids] if len(ids) else np.zeros((0, 2), np.float32)
     return pd.DataFrame({"id": ids.astype(np.int32), "x": xy[:, 0], "y": xy[:, 1], "label": item_labels(index, ids),
                          "role": [roles[int(i)] for i in ids],
-                         "image": [data_url(index.thumbnail(int(i)), 64) for i in ids]})
+                         "image": [item_url(index, int(i), 64) for i in ids]})
+
+
+# ---- the Search view's cutoff -------------------------------------------------------------------
+
+def distance_range(index: Index, space: str, queries: int = 20, k: int = 50, seed: int = 0) -> tuple[float, float, float]:
+    """(0, the largest, the median) of the distances from `queries` sampled items to their k nearest in
+    `space`: the range a distance cutoff's slider covers, and a starting point inside it."""
+    rng = np.random.default_rng(seed)
+    items = rng.choice(len(index), min(queries, len(index)), replace=False)
+    found = [h.distance for i in items for h in index.search(int(i), k=k, spaces=[space]).hits[space]]
+    if not found:
+        return 0.0, 1.0, 0.5
+    high = float(max(found))
+    return 0.0, high if high > 0 else 1.0, float(np.median(found))

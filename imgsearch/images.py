@@ -131,9 +131,12 @@ def _read(source) -> tuple[bytes, str]:
         path = Path(source)
         if not path.is_file():
             raise ImageError(f"{path} is not a file.")
-        if path.stat().st_size > MAX_BYTES:
-            raise ImageError(f"{path.name} is larger than {MAX_BYTES // 2**20} MB.")
-        data, name = path.read_bytes(), path.name
+        try:
+            if path.stat().st_size > MAX_BYTES:
+                raise ImageError(f"{path.name} is larger than {MAX_BYTES // 2**20} MB.")
+            data, name = path.read_bytes(), path.name
+        except OSError as e:  # no permission, gone since the check, a disk error: this file, not the whole build
+            raise ImageError(f"{path.name} could not be read ({e.strerror or type(e).__name__}).") from None
     elif isinstance(source, (bytes, bytearray)):
         data, name = bytes(source), "The image"
     elif hasattr(source, "read"):

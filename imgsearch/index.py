@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import layout
-from .data import Collection, CollectionError
+from .data import Collection, CollectionError, skipped_summary
 from .images import PREPROCESSING
 from .ingest import (BATCH, batch_file, batch_rows, encoding_workers, ingest, local_batches, read_batch, reads_files,
                      source_of)
@@ -49,6 +50,27 @@ class BuildError(RuntimeError):
     index is untouched, and the message says which space and why."""
 
 
+class DiskFullError(CollectionError):
+    """The disk filled up during a build: the live index is untouched and the work folder can be resumed."""
+
+
+def stops_on_full_disk(build):
+    """A build that meets a full disk (or quota) stops with one sentence instead of a traceback. Nothing is
+    lost: the half-written build folder is removed on the way out, the live index was never touched, and
+    the batches finished so far stay in the work folder, so the same command continues from them."""
+    @functools.wraps(build)
+    def guarded(*args, **kwargs):
+        try:
+            return build(*args, **kwargs)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise DiskFullError("The disk filled up while the index was being built (no space left); the index "
+                                "in use is unchanged: free some space and run the same command again, it "
+                                "continues from the batches already finished.") from None
+    return guarded
+
+
 @dataclass
 class Encoded:
     """Stage one's hand-over: what was read and encoded, and where its batches are."""
@@ -60,6 +82,7 @@ class Encoded:
     info: dict  # the checkpoint's description (fingerprint, model_args, trained_on)
 
 
+@stops_on_full_disk
 def build_index(data: str | Collection = "cifar10", model_path: str | os.PathLike = DEFAULT_CHECKPOINT,
                 out: str | os.PathLike = DEFAULT_INDEX, *, spaces: list[str] | None = None,
                 options: dict | None = None, code_index: str = CODE_INDEX, probes: int = PROBES,
@@ -149,6 +172,7 @@ def write_build(tmp_dir: Path, encoded: Encoded, model_path, names: list[str], o
     info, source, previous = encoded.info, encoded.source, encoded.previous
     items, skipped = assemble(tmp_dir, encoded.work, encoded.todo, previous, source,
                               encoded.ingested["batch_size"], int(info["model_args"]["code_dim"]))
+    skipped = source.skipped + skipped  # what the listing could not read, then what could not be decoded
     if items == 0:
         raise CollectionError(f"{source.spec} holds no readable images ({len(skipped)} files skipped).")
     shutil.copyfile(model_path, tmp_dir / layout.MODEL)
@@ -172,6 +196,7 @@ def write_build(tmp_dir: Path, encoded: Encoded, model_path, names: list[str], o
         "collection": source.spec,
         "classes": source.classes,
         "skipped": len(skipped),
+        "skipped_files": skipped_summary(skipped, source.spec if os.path.isabs(source.spec) else None),
         "preprocessing": PREPROCESSING,
         "spaces": built,
         "display": {"thumbnails": layout.PIXELS, "originals": f"{layout.PATHS} (null: no file of its own)"},

@@ -32,7 +32,7 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,7 @@ class Source:
     paths: list  # (n,) the item's file, or None for items without one (CIFAR-10's archive)
     stats: np.ndarray  # (n, 2) int64: file size and modification time (ns); zeros for in-memory items
     pixels: np.ndarray | None = None  # (n, 32, 32, 3) uint8 when the items are already decoded
+    skipped: list = field(default_factory=list)  # (file, why) for names the listing could not read
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -72,7 +73,7 @@ class Source:
         h = hashlib.sha256(json.dumps([self.spec, self.classes, *parts]).encode())
         h.update(self.labels.tobytes())
         h.update(self.stats.tobytes())
-        h.update("\0".join(p or "" for p in self.paths).encode())
+        h.update("\0".join(p or "" for p in self.paths).encode("utf-8", "surrogateescape"))  # names need not be UTF-8
         if self.pixels is not None:
             h.update(np.ascontiguousarray(self.pixels).data)
         return h.hexdigest()
@@ -87,7 +88,7 @@ def from_collection(collection: Collection) -> Source:
 def scan_folder(root: str | os.PathLike) -> Source:
     """The files of a folder (`data.list_folder`), to be decoded batch by batch."""
     listing = list_folder(root)
-    return Source(listing.root, listing.classes, listing.labels, listing.paths, listing.stats)
+    return Source(listing.root, listing.classes, listing.labels, listing.paths, listing.stats, skipped=listing.skipped)
 
 
 def reads_files(data: str | Collection) -> bool:

@@ -2,12 +2,20 @@
 
     index = Index.load("data/index")
     results = index.search("photo.jpg", k=10, spaces=["pixel", "code", "bits"])  # or an image, bytes, an item id
-    for hit in results.hits["bits"]: print(hit.id, hit.distance, hit.label, hit.path)
+    for hit in results.hits["bits"]: print(hit.id, hit.distance, hit.label, hit.name)
+    index.search("photo.jpg", max_distance=0.5, folder="2024/rome", label=["cat", "dog"])  # only these pass
     index.thumbnail(hit.id)                        # (32, 32, 3) uint8
     index.interpolate(12, "photo.jpg", steps=8)    # (8, 32, 32, 3) uint8: the decoder's images between two
+
+Narrowed searches: the exact spaces (pixel, pca, bits; `Space.filters_exactly`) scan only the
+allowed items; the approximate ones (the code space's lists or trees, Milvus) are asked for more
+neighbours, a few times more each round, until k pass or `OVERFETCH_LIMIT` were looked at, and
+`Results.notes` says when fewer than k passed. A distance cutoff cuts every space's list after
+the search: lists come nearest first, so nothing past the cutoff could have passed.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import tokenize
@@ -17,13 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from . import layout
-from .data import label_name
+from .data import label_name, relative_name
 from .generate import STEPS, Interpolation, interpolate
 from .images import PREPROCESSING, to_pixels
 from .integrity import IndexLoadError, read_meta, verify_checksums
 from .publish import DEFAULT_INDEX, resolve
 from .knn import BruteForce
 from .model import CheckpointError, encode_pixels, load_checkpoint, reconstruct
+from .previews import PIXELS_SIDE, PREVIEW_SIDE, details, enlarged, item_preview_jpeg
 from .spaces import DEFAULT_SPACES, SPACES, LoadInput, Query, Space, SpaceError, SpaceUnavailable
 
 
@@ -38,6 +47,7 @@ class Hit:
     distance: float  # in the space's own unit: Euclidean on [0, 1] pixels, Annoy angular, Hamming bits
     label: str | None
     path: str | None  # the item's own file; None when it has none (CIFAR-10)
+    name: str | None = None  # that file's path relative to the collection's root (its name when outside)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,6 +61,13 @@ class Results:
     # space name -> one sentence, for spaces whose server could not answer (their hits are empty): a
     # vector database gone since the load costs its own columns, not the whole search.
     unavailable: dict[str, str] = field(default_factory=dict)
+    # space name -> one sentence, for spaces where fewer than k results passed the cutoff and the filters
+    notes: dict[str, str] = field(default_factory=dict)
+    k: int = 0  # how many results per space were asked for
+
+    def passed(self, space: str) -> int:
+        """How many results of `space` passed the cutoff and the filters (at most k)."""
+        return len(self.hits[space])
 
     @property
     def pixel(self) -> list[Hit]:
@@ -80,6 +97,8 @@ class Index:
         self.spaces = spaces  # name -> loaded Space, in registry order
         self.classes: list[str] = meta["classes"]
         self._path_to_id = {p: i for i, p in enumerate(paths) if p}
+        self._stats = None  # file_stats.npy, read when a preview first needs it
+        self._folder_masks: dict[tuple, np.ndarray] = {}  # folders -> which items lie in them, for repeated filters
         self.maps: dict[str, np.ndarray] = {}  # "code"/"pixel" -> (N, 2), when the build made them
 
     def __len__(self) -> int:
@@ -149,25 +168,97 @@ class Index:
             raise ValueError(f"This index has no {missing[0]!r} space; it has {', '.join(self.spaces)}.")
         return names
 
-    def search(self, query, k: int = 10, *, spaces=None, exclude_self: bool = True) -> Results:
-        """Top-k in each requested space (default: pixel and code). A query from the collection leaves itself out."""
+    def search(self, query, k: int = 10, *, spaces=None, exclude_self: bool = True, max_distance=None,
+               folder=None, label=None) -> Results:
+        """Top-k in each requested space (default: pixel and code). A query from the collection leaves itself out.
+
+        `max_distance`: only results closer than this, in each space's unit (a number for every space, or
+        {space: number}); `folder`: only items under this path relative to the collection's root (or any of
+        a list of them); `label`: only items of this class (or of any of a list). Fewer than k results are
+        then normal: `Results.notes` says so per space.
+        """
         names = self.check_spaces(spaces)
+        cutoffs = distance_cutoffs(max_distance, names)
+        allowed = self.allowed_rows(folder, label)
         pixels, item = self.query_pixels(query)
         skip = item if exclude_self else None
         q = Query(pixels, self.encode)
-        hits, unavailable = {}, {}
+        hits, unavailable, notes = {}, {}, {}
         for name in names:
             space = self.spaces[name]
             try:
-                ids, dists = space.search(space.embed(q), k + (skip is not None))
+                ids, dists, looked = nearest(space, space.embed(q), k, skip, allowed, len(self))
             except SpaceUnavailable as e:
                 hits[name], unavailable[name] = [], f"The {name} space cannot be reached: {e}; try again when it is back."
                 continue
-            hits[name] = [self.hit(int(i), float(d)) for i, d in zip(ids, dists) if i != skip][:k]
-        return Results(pixels, item, hits, unavailable)
+            cutoff = cutoffs.get(name)
+            if cutoff is not None:
+                ids, dists = ids[dists < cutoff], dists[dists < cutoff]
+            hits[name] = [self.hit(int(i), float(d)) for i, d in zip(ids, dists)]
+            if len(hits[name]) < k and (cutoff is not None or allowed is not None):
+                notes[name] = shortfall(space, len(hits[name]), k, cutoff, allowed is not None, looked)
+        return Results(pixels, item, hits, unavailable, notes, k)
 
     def hit(self, i: int, distance: float) -> Hit:
-        return Hit(i, distance, self.label(i), self.paths[i])
+        return Hit(i, distance, self.label(i), self.paths[i], self.name(i))
+
+    @property
+    def root(self) -> str | None:
+        """The collection's folder (absolute, as the build resolved it), or None for a collection without one."""
+        spec = self.meta["collection"]
+        return spec.rstrip(os.sep) or os.sep if os.path.isabs(spec) else None
+
+    def name(self, i: int) -> str | None:
+        """Item i's file relative to the collection's root (only its name when it lies elsewhere); None without a file."""
+        return relative_name(self.paths[i], self.root)
+
+    def allowed_rows(self, folder=None, label=None) -> np.ndarray | None:
+        """Sorted ids of the items in any of the folders (relative to the root) and of any of the classes given;
+        None when neither narrows anything. ValueError, in one sentence, for a class or folder the index lacks."""
+        folders, labels = as_list(folder), as_list(label)
+        if not folders and not labels:
+            return None
+        keep = np.ones(len(self), dtype=bool)
+        if labels:
+            unknown = [c for c in labels if c not in self.classes]
+            if unknown:
+                have = ", ".join(self.classes) if self.classes else "none"
+                raise ValueError(f"This index has no class {unknown[0]!r}; its classes are: {have}.")
+            keep &= np.isin(self.labels, [self.classes.index(c) for c in labels])
+        if folders:
+            keep &= self.in_folders(tuple(folders))
+        return np.flatnonzero(keep)
+
+    def in_folders(self, folders: tuple[str, ...]) -> np.ndarray:
+        """(N,) bool: which items lie under any of `folders` (paths relative to the collection's root)."""
+        if folders not in self._folder_masks:
+            root = self.root
+            if root is None:
+                raise ValueError("This index's items have no files of their own, so there are no folders to narrow to.")
+            clean = [clean_folder(f) for f in folders]
+            if "" in clean:
+                mask = np.array([p is not None for p in self.paths], dtype=bool)
+            else:
+                prefixes = tuple(os.path.join(root, f) + os.sep for f in clean)
+                mask = np.fromiter((p is not None and p.startswith(prefixes) for p in self.paths), bool, len(self))
+            if not mask.any():
+                raise ValueError(f"The collection has no images in the folder {folders[0]!r} (a path relative to "
+                                 "its root, like the names shown with the results).")
+            self._folder_masks = {**dict(list(self._folder_masks.items())[-7:]), folders: mask}  # a few, not all ever asked
+        return self._folder_masks[folders]
+
+    def folders(self) -> list[str]:
+        """Every folder under the collection's root that holds images (at any depth), sorted; [] without a root."""
+        root = self.root
+        if root is None:
+            return []
+        found = set()
+        for i in range(len(self)):
+            parent = os.path.dirname(self.name(i) or "")
+            while parent and parent not in found:
+                found.add(parent)
+                parent = os.path.dirname(parent)
+        return sorted(found)
 
     def label(self, i: int) -> str | None:
         return label_name(self.classes, self.labels[i])
@@ -216,6 +307,38 @@ class Index:
     def interpolate(self, a, b, steps: int = STEPS) -> np.ndarray:
         """(steps, 32, 32, 3) uint8: images decoded from the codes between a's and b's, both ends included."""
         return self.between(a, b, steps).pixels
+
+    def preview_jpeg(self, i: int, side: int = PREVIEW_SIDE) -> bytes | None:
+        """Item i's own file as a JPEG picture, upright, long side at most `side` (previews.py: decoded on demand,
+        cached); None when it has no file the server may show (then its pixels stand for it)."""
+        return item_preview_jpeg(self.paths[i], self.root, self.file_stats(i), side)
+
+    def preview(self, i: int, side: int = PREVIEW_SIDE):
+        """Item i as a person sees it, a PIL image: its file, upright, long side `side` at most, or (a file smaller
+        than PIXELS_SIDE, or none it may show) its pixels enlarged crisply to at least PIXELS_SIDE (160 px)."""
+        from PIL import Image
+
+        data = self.preview_jpeg(i, side)
+        if data is None:
+            return enlarged(self.pixels[i])
+        img = Image.open(io.BytesIO(data))
+        return enlarged(img) if max(img.size) < PIXELS_SIDE else img
+
+    def details(self, i: int) -> dict:
+        """Item i for the larger view: name, class, file bytes, pixel dimensions, modification time (None: unknown)."""
+        return {"name": self.name(i), "label": self.label(i), **details(self.paths[i], self.root)}
+
+    def file_stats(self, i: int) -> tuple[int, int] | None:
+        """The size and modification time (ns) item i's file had when the build read it; None when not recorded."""
+        if self._stats is None:
+            recorded = layout.FILE_STATS in self.meta["checksums"]
+            self._stats = np.load(self.path / layout.FILE_STATS, mmap_mode="r") if recorded else False
+        return None if self._stats is False else (int(self._stats[i, 0]), int(self._stats[i, 1]))
+
+
+OVERFETCH_LIMIT = 10_000  # most neighbours an approximate space is asked for when a filter narrows its results
+OVERFETCH_GROWTH = 4  # each further round asks for this many times more
+
 
 def _stores(path: Path, meta: dict, index_dir) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
     """The per-item files every space shares, checked against meta.json's item count and classes."""
@@ -276,3 +399,75 @@ def _maps(path: Path, meta: dict, index_dir) -> dict[str, np.ndarray]:
             raise IndexLoadError(f"{name} in {index_dir} has shape {xy.shape}, expected {(meta['items'], 2)}: rebuild it.")
         maps[space] = xy
     return maps
+
+
+def nearest(space: Space, vector: np.ndarray, k: int, skip: int | None, allowed: np.ndarray | None,
+            items: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(ids, distances, how many neighbours the space was asked for) of the k nearest items other than
+    `skip` among `allowed` (None: all). An exact space scans only the allowed items; an approximate
+    one is asked for more, round by round, until k pass, it has no more, or OVERFETCH_LIMIT is reached."""
+    want = k + (skip is not None)
+    if allowed is not None and not len(allowed):
+        return np.empty(0, np.int64), np.empty(0, np.float32), 0
+    if allowed is None or space.filters_exactly:
+        ids, dists = space.search(vector, want) if allowed is None else space.search(vector, want, rows=allowed)
+        ids, dists = np.asarray(ids), np.asarray(dists)
+        keep = ids != skip
+        return ids[keep][:k], dists[keep][:k], want
+    passes = np.zeros(items, dtype=bool)
+    passes[allowed] = True
+    limit = max(min(items, OVERFETCH_LIMIT), want)
+    fetch = min(limit, max(2 * want * items // len(allowed), OVERFETCH_GROWTH * want))  # twice the expected need
+    while True:
+        ids, dists = (np.asarray(a) for a in space.search(vector, fetch))
+        keep = passes[ids] & (ids != skip)
+        if keep.sum() >= k or len(ids) < fetch or fetch >= limit:
+            return ids[keep][:k], dists[keep][:k], fetch
+        fetch = min(limit, fetch * OVERFETCH_GROWTH)
+
+
+def shortfall(space: Space, passed: int, k: int, cutoff: float | None, filtered: bool, looked: int) -> str:
+    """One sentence: why a space has fewer than k results."""
+    why = ", ".join(([f"closer than {space.format_distance(cutoff)}"] if cutoff is not None else [])
+                    + (["in the folders and classes chosen"] if filtered else []))
+    among = (f"; its index was asked for its {looked:,} nearest" if filtered and not space.filters_exactly else "")
+    return f"{space.title}: {passed} of {k} results passed ({why}){among}."
+
+
+def distance_cutoffs(max_distance, names: list[str]) -> dict[str, float]:
+    """`max_distance` (None, one number for every space, or {space: number}) as {space: number}."""
+    if max_distance is None:
+        return {}
+    given = max_distance if isinstance(max_distance, dict) else {name: max_distance for name in names}
+    out = {}
+    for name, d in given.items():
+        if name not in names:
+            raise ValueError(f"max_distance names the {name!r} space, which this search does not use.")
+        try:
+            out[name] = float(d)
+        except (TypeError, ValueError):
+            raise ValueError(f"The maximum distance must be a number, not {d!r}.") from None
+        if not out[name] >= 0:  # NaN too
+            raise ValueError(f"The maximum distance must be zero or more, not {d!r}.")
+    return out
+
+
+def as_list(value) -> list:
+    """None, one value, or a list of them -> a list."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def clean_folder(folder: str) -> str:
+    """A folder relative to the collection's root, normalised ("" for the root), or ValueError."""
+    text = str(folder).strip()
+    parts = [p for p in text.replace("\\", "/").split("/") if p not in ("", ".")]
+    if text.startswith("/") or ".." in parts:
+        raise ValueError(f"A folder is given relative to the collection's root, inside it; {folder!r} is not.")
+    return os.sep.join(parts)
+
+
+def printable(name: str | None) -> str | None:
+    """A name as a page or a terminal can show it: bytes that were not UTF-8 (kept as surrogates) become U+FFFD."""
+    return None if name is None else name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

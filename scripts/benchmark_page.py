@@ -1,6 +1,7 @@
 """How long a person waits for the page: the Streamlit app over an index, driven in headless Chromium.
 
     .venv/bin/python scripts/benchmark_page.py --index /tmp/page-index --json docs/page.json
+    .venv/bin/python scripts/benchmark_page.py --photos 2000 --json docs/page_photos.json   # generated camera photos
 
 Starts the server on a free port of 127.0.0.1, then measures, each time from the action until the page
 has answered it (the script ran and is idle again, nothing is stale, every picture has loaded):
@@ -260,14 +261,24 @@ def table(r: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--index", required=True, help="index directory the server opens")
+    ap.add_argument("--index", help="index directory the server opens (or --photos)")
+    ap.add_argument("--photos", type=int, metavar="N",
+                    help="instead of --index: N generated 12-megapixel JPEGs in nested folders, indexed first")
+    ap.add_argument("--photo-folder", type=Path, default=Path("/tmp/imgsearch-photos"),
+                    help="where --photos writes them (kept: a second run reuses them; default /tmp/imgsearch-photos)")
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--actions", type=int, default=15, help="uploads, random picks and 'more like this' clicks (each)")
     ap.add_argument("--visits", type=int, default=5, help="later visits, each in a new browser context")
     ap.add_argument("--screenshots", type=Path, help="also save every view at 390 px and 1,600 px wide here")
     ap.add_argument("--app", default="app.py", help="the page to serve (another version of app.py, to compare)")
     args = ap.parse_args(argv)
+    if (args.index is None) == (args.photos is None):
+        ap.error("give --index DIR or --photos N")
     result: dict = {}
+    if args.photos:
+        from imgsearch.photos import photo_index
+
+        args.index, result["photo_build"] = photo_index(args.photo_folder, args.photos)
     try:
         measure(args.index, actions=args.actions, visits=args.visits, screenshots=args.screenshots, app=args.app,
                 out=result)

@@ -1,6 +1,7 @@
 """Issue 10, the page: visitors cannot build from the server's folders unless the operator allows it,
 never see absolute server paths, and a session that outlives an index swap keeps working."""
 import json
+import re
 import shutil
 
 import pytest
@@ -139,7 +140,7 @@ def test_a_kept_query_after_a_swap_is_cleared_with_a_sentence(swapped):
     assert any("The collection changed" in i.value for i in at.info)
     assert at.number_input(key="item_number").max == 4 and at.number_input(key="item_number").value == 0
     at.number_input(key="item_number").set_value(3).run()
-    assert not at.exception and "<figcaption>Item 3</figcaption>" in " ".join(h.value for h in at.html)
+    assert not at.exception and re.search(r"<figcaption>Item 3(: [^<]+)?</figcaption>", " ".join(h.value for h in at.html))
 
 
 def test_more_like_this_from_before_a_swap_does_not_raise(swapped):

@@ -30,7 +30,7 @@ def test_build_index_then_search(tmp_path, collection_dir, checkpoint):
     assert set(res) == {"pixel", "code"}
     for hits in res.values():
         assert len(hits) == 4
-        assert set(hits[0]) == {"id", "distance", "label", "path"}
+        assert set(hits[0]) == {"id", "distance", "label", "path", "name"}
     assert all(h["label"] == "red" for h in res["pixel"])
 
     r = run("scripts/search.py", str(query), "--index", str(out), "-k", "3")

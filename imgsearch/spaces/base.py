@@ -183,6 +183,9 @@ class Space:
     # True when most of the build runs on one core (Annoy's tree build): build_index then builds this space
     # in a thread beside the other spaces and the maps, which keep the other core busy.
     builds_beside: ClassVar[bool] = False
+    # True when `search` takes `rows=` (sorted allowed item ids) and scans only those: a folder or class
+    # filter then costs less than a full search. Other spaces are asked for more neighbours instead (search.py).
+    filters_exactly: ClassVar[bool] = False
 
     @classmethod
     def build(cls, data: BuildInput, directory: Path, **options) -> dict:
@@ -202,7 +205,8 @@ class Space:
         raise NotImplementedError
 
     def search(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The k nearest items: ids and distances, nearest first."""
+        """The k nearest items: ids and distances, nearest first (a space that `filters_exactly` also takes
+        `rows=`, sorted item ids, and returns the k nearest of those only)."""
         raise NotImplementedError
 
     def embed_many(self, pixels: np.ndarray, codes: np.ndarray) -> np.ndarray:

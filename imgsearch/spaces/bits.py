@@ -36,15 +36,22 @@ class HammingScan:
         self.index = faiss.IndexBinaryFlat(64 * len(columns))
         self.index.add(rows_as_bytes(np.asarray(columns).T))
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(W,) or (Q, W) uint64 queries -> ids and Hamming distances, (k,) or (Q, k), nearest first."""
+    def search(self, queries: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(W,) or (Q, W) uint64 queries -> ids and Hamming distances, (k,) or (Q, k), nearest first;
+        `rows`: sorted ids of the only items considered (faiss skips the others by a bitmap as it scans)."""
         single = np.ndim(queries) == 1
         queries = rows_as_bytes(np.atleast_2d(queries))
-        k = min(k, self.index.ntotal)
+        k = min(k, self.index.ntotal if rows is None else len(rows))
         if k == 0:
             ids, d = np.empty((len(queries), 0), np.int64), np.empty((len(queries), 0), np.int32)
-        else:
+        elif rows is None:
             d, ids = self.index.search(queries, k)
+        else:
+            allowed = np.zeros(self.index.ntotal, dtype=bool)
+            allowed[rows] = True
+            bitmap = np.packbits(allowed, bitorder="little")  # kept alive while faiss reads it
+            chosen = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(self.index.ntotal, faiss.swig_ptr(bitmap)))
+            d, ids = self.index.search(queries, k, params=chosen)
         return (ids[0], d[0]) if single else (ids, d)
 
 
@@ -128,6 +135,11 @@ class BitsSpace(Space):
     def embed_many(self, pixels: np.ndarray, codes: np.ndarray) -> np.ndarray:
         return binarise(codes, self.mean, self.projection)
 
-    def search(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        ids, d = self.scan.search(vector, k)
+    @property
+    def filters_exactly(self) -> bool:
+        """The local scan reads only the allowed rows; a backend's index (Milvus) is asked for more instead."""
+        return getattr(self.scan, "filters_exactly", True)
+
+    def search(self, vector: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        ids, d = self.scan.search(vector, k) if rows is None else self.scan.search(vector, k, rows)
         return ids.astype(np.int64), d.astype(np.float32)

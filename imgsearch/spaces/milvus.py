@@ -287,6 +287,7 @@ class MilvusBits:
     """The bits space's packed codes in a Milvus collection (Hamming, exact): what BitsSpace searches
     instead of its own scan. bits.npz keeps only what embeds a query (the mean and the projection)."""
     title = "Milvus"
+    filters_exactly = False  # the server's index answers: a filtered search asks it for more (search.py)
 
     def __init__(self, client, settings: dict):
         self.client, self.uri, self.collection = client, settings["uri"], settings["collection"]

@@ -62,9 +62,15 @@ class PcaSpace(Space):
     def embed_many(self, pixels: np.ndarray, codes: np.ndarray) -> np.ndarray:
         return self.pca.project(pixels) / 255.0
 
-    def search(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        ids, dists = self.knn.search(vector[None], k)
-        return ids[0], dists[0]
+    filters_exactly = True
+
+    def search(self, vector: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`rows`: sorted ids of the only items considered (a filter): only their projections are scanned."""
+        if rows is None:
+            ids, dists = self.knn.search(vector[None], k)
+            return ids[0], dists[0]
+        ids, dists = BruteForce(self.projected[rows]).search(vector[None], k)
+        return rows[ids[0]], dists[0]
 
     def reconstruct(self, pixels: np.ndarray) -> np.ndarray:
         """What 256 principal components keep of a (32, 32, 3) image, as uint8 pixels."""

@@ -95,24 +95,30 @@ class PixelSpace(Space):
     def embed_many(self, pixels: np.ndarray, codes: np.ndarray) -> np.ndarray:
         return pixels
 
-    def search(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    filters_exactly = True
+
+    def search(self, vector: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`rows`: sorted ids of the only items considered (a filter); their bounds alone are computed."""
         q = np.asarray(vector, dtype=np.uint8).reshape(-1)
         q_coarse, q_fine, q_total = self._query_rows(q)
+        coarse, totals = (self.coarse, self.totals) if rows is None else (self.coarse[rows], self.totals[rows])
+        item = (lambda pos: pos) if rows is None else (lambda pos: rows[pos])  # position in the scan -> item id
         # einsum, not BLAS: one thread, no thread pool to wake, the same speed on every machine
-        bound = self.totals + q_total - 2.0 * np.einsum("ij,j->i", self.coarse, q_coarse)
+        bound = totals + q_total - 2.0 * np.einsum("ij,j->i", coarse, q_coarse)
         k = min(k, len(bound))
+        if k == 0:
+            return np.empty(0, np.int64), np.empty(0, np.float64)
         first = np.argpartition(bound, min(FIRST_CHECK + k, len(bound) - 1))[:FIRST_CHECK + k]
-        d2 = squared_distances(self.pixels, first, q)
+        d2 = squared_distances(self.pixels, item(first), q)
         kth = np.partition(d2, k - 1)[k - 1]  # the k-th neighbour is at most this far
         rest = np.setdiff1d(np.flatnonzero(bound <= kth), first, assume_unique=True)
         if len(rest):
-            finer = self.totals[rest] + q_total - 2.0 * np.einsum("ij,j->i", self.fine[rest], q_fine)
+            finer = totals[rest] + q_total - 2.0 * np.einsum("ij,j->i", self.fine[item(rest)], q_fine)
             rest = rest[finer <= kth]
-        ids = np.concatenate([first, rest])
-        d2 = np.concatenate([d2, squared_distances(self.pixels, rest, q)])
+        ids = item(np.concatenate([first, rest]))
+        d2 = np.concatenate([d2, squared_distances(self.pixels, item(rest), q)])
         best = np.lexsort((ids, d2))[:k]  # ties broken by item id, as a stable sort of all items would
         return ids[best], np.sqrt(d2[best]) / 255.0
-
 
     def _query_rows(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.float32]:
         """bound_blocks for one query, in float32 with einsum: float64 would convert the basis on every query."""
