@@ -307,6 +307,40 @@ def benchmark_arguments(p: argparse.ArgumentParser):
     return run
 
 
+# ---- duplicates ----------------------------------------------------------------------------
+
+@command("duplicates", "find groups of near-duplicate images in a built index (never deletes or moves a file)")
+def duplicates_arguments(p: argparse.ArgumentParser):
+    from .duplicates import DEFAULT_SPACE, DEFAULT_THRESHOLDS, SPACES, UNITS
+    from .index import DEFAULT_INDEX
+
+    p.add_argument("--index", default=str(DEFAULT_INDEX), help=f"index directory (default: {DEFAULT_INDEX})")
+    p.add_argument("--space", choices=SPACES, default=DEFAULT_SPACE,
+                   help=f"where items are compared (default: {DEFAULT_SPACE}, the benchmark's pick)")
+    p.add_argument("--threshold", default=None,
+                   help="largest distance of a pair, in the space's unit (" +
+                        "; ".join(f"{s}: {UNITS[s]}, default {DEFAULT_THRESHOLDS[s]}" for s in SPACES) + ")")
+    p.add_argument("--json", metavar="FILE", help="also write the groups to this JSON file")
+    p.add_argument("--csv", metavar="FILE", help="also write one row per grouped item to this CSV file")
+
+    def run(a) -> int:
+        from .duplicates import DuplicatesError, print_groups, write_csv, write_json
+        from .index import IndexLoadError
+        from .search import Index
+
+        try:
+            found = Index.load(a.index).duplicates(a.space, a.threshold)
+        except (IndexLoadError, DuplicatesError) as e:
+            return fail(str(e), 2)
+        print_groups(found)
+        if a.json:
+            write_json(found, a.json)
+        if a.csv:
+            write_csv(found, a.csv)
+        return 0
+    return run
+
+
 # ---- serve ---------------------------------------------------------------------------------
 
 APP = Path(__file__).resolve().parent.parent / "app.py"

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import layout
 from .data import label_name
+from .duplicates import DEFAULT_SPACE, Duplicates, find_duplicates
 from .images import PREPROCESSING, to_pixels
 from .index import DEFAULT_INDEX, IndexLoadError, read_meta, resolve, verify_checksums
 from .model import CheckpointError, encode_pixels, load_checkpoint, reconstruct
@@ -223,3 +224,8 @@ class Index:
 
     def thumbnail(self, i: int) -> np.ndarray:
         return self.pixels[i]
+
+    def duplicates(self, space: str | None = None, threshold=None, progress=None) -> Duplicates:
+        """Groups of near-duplicates within `threshold` in `space` (default: the benchmark's choice; see
+        imgsearch/duplicates.py). Reads the files' headers; never moves or deletes a file."""
+        return find_duplicates(self, space or DEFAULT_SPACE, threshold, progress)

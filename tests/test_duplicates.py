@@ -1,0 +1,106 @@
+"""Near-duplicates: planted copies in a small folder come back as groups, with the keeper rule's choice."""
+import csv
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_image
+from imgsearch.cli import main
+from imgsearch.data import load_folder
+from imgsearch.duplicates import CSV_FIELDS, DuplicatesError, Item, components, keeper
+from imgsearch.index import build_index
+from imgsearch.search import Index
+
+OLD, NEW = 1_600_000_000, 1_700_000_000  # modification times of the planted files
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, checkpoint):
+    """Ten distinct images; a.png saved twice (the copy a larger file); b.png three times, byte for byte
+    (b_twin.png the oldest, one in a subfolder). Returns the folder and its index."""
+    root = tmp_path_factory.mktemp("planted")
+    for i in range(10):
+        Image.fromarray(make_image(i % 3, seed=500 + i)).save(root / f"distinct{i}.png")
+    a, b = make_image(0, seed=100), make_image(1, seed=101)
+    Image.fromarray(a).save(root / "a.png", compress_level=9)
+    Image.fromarray(a).save(root / "a_copy.png", compress_level=0)
+    (root / "sub").mkdir()
+    for name, mtime in (("b.png", NEW), ("b_twin.png", OLD), ("sub/b_third.png", NEW)):
+        Image.fromarray(b).save(root / name)
+        os.utime(root / name, (mtime, mtime))
+    out = root.parent / (root.name + "-index")
+    build_index(load_folder(root, progress=False), checkpoint, out, n_trees=2, search_k=100, progress=False)
+    return root, out
+
+
+def snapshot(root):
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def names(group):
+    return [item.name for item in group.items]
+
+
+@pytest.mark.parametrize("space, threshold", [("pixel", 0), ("bits", 0), ("code", 1e-4)])
+def test_planted_copies_are_the_groups(planted, space, threshold):
+    root, out = planted
+    found = Index.load(out).duplicates(space, threshold)
+    planted_groups = [["b_twin.png", "b.png", "sub/b_third.png"], ["a_copy.png", "a.png"]]
+    if space == "pixel":  # exact: only the planted copies have equal pixels
+        assert [names(g) for g in found.groups] == planted_groups and found.pairs == 4  # b: 3 pairs, a: 1
+    else:  # the tiny untrained model may also give distinct images equal bits: the copies are still groups of their own
+        assert found.groups[0].items[0].name == "b_twin.png"
+        assert all(g in [names(f) for f in found.groups] for g in planted_groups)
+    assert found.items == 15
+    keep = found.groups[1].items[0]
+    assert (keep.bytes, keep.width, keep.height) == ((root / "a_copy.png").stat().st_size, 32, 32)
+    assert keep.path == str(root.resolve() / "a_copy.png") and found.groups[1].keep == keep.id
+    assert all(item.distance_to_keep == pytest.approx(0, abs=1e-3) for g in found.groups for item in g.items)
+
+
+def test_cli_writes_json_and_csv_and_touches_no_file(planted, tmp_path, capsys):
+    root, out = planted
+    before = snapshot(root)
+    assert main(["duplicates", "--index", str(out), "--space", "pixel", "--threshold", "0",
+                 "--json", str(tmp_path / "d.json"), "--csv", str(tmp_path / "d.csv")]) == 0
+    assert snapshot(root) == before
+    assert "2 groups of near-duplicates" in capsys.readouterr().out
+    report = json.loads((tmp_path / "d.json").read_text())
+    assert list(report) == ["space", "threshold", "items", "pairs", "seconds", "groups"]
+    assert (report["space"], report["threshold"], report["items"], report["pairs"]) == ("pixel", 0.0, 15, 4)
+    first = report["groups"][0]
+    assert list(first) == ["keep", "items"]
+    assert list(first["items"][0]) == ["id", "path", "name", "bytes", "width", "height", "distance_to_keep"]
+    assert first["keep"] == first["items"][0]["id"] and first["items"][0]["name"] == "b_twin.png"
+    rows = list(csv.DictReader((tmp_path / "d.csv").open()))
+    assert tuple(rows[0]) == CSV_FIELDS
+    assert [(r["group"], r["keep"], r["name"]) for r in rows] == [
+        ("1", "True", "b_twin.png"), ("1", "False", "b.png"), ("1", "False", "sub/b_third.png"),
+        ("2", "True", "a_copy.png"), ("2", "False", "a.png")]
+
+
+def test_cli_bad_threshold_is_one_sentence(planted, capsys):
+    _, out = planted
+    assert main(["duplicates", "--index", str(out), "--space", "bits", "--threshold", "2.5"]) == 2
+    assert capsys.readouterr().err.strip() == "error: The bits space's threshold is a whole number of bits, not '2.5'."
+    with pytest.raises(DuplicatesError):
+        Index.load(out).duplicates("pixel", -1)
+
+
+def test_keeper_rule():
+    def item(i, w, h, size, mtime):
+        return Item(i, f"/x/{i}", str(i), size, w, h, 0.0, mtime)
+    assert keeper([item(0, 32, 32, 900, 1), item(1, 64, 64, 100, 5)]).id == 1  # most pixels
+    assert keeper([item(0, 32, 32, 100, 1), item(1, 32, 32, 900, 5)]).id == 1  # then the largest file
+    assert keeper([item(0, 32, 32, 100, 5), item(1, 32, 32, 100, 1)]).id == 1  # then the oldest
+    assert keeper([item(3, None, None, None, None), item(2, None, None, None, None)]).id == 2  # then the first
+
+
+def test_components_largest_first():
+    groups = components(7, np.array([5, 0, 2]), np.array([6, 1, 1]))
+    assert [g.tolist() for g in groups] == [[0, 1, 2], [5, 6]]
