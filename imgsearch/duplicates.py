@@ -216,10 +216,15 @@ class SpaceVectors:
 
 # ---- groups --------------------------------------------------------------------------------
 
+def component_labels(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """(n,) the connected component of each item in the graph of the pairs (i, j)."""
+    graph = coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
 def components(n: int, i: np.ndarray, j: np.ndarray) -> list[np.ndarray]:
     """Connected components of two or more items, largest first (ties: smallest first id)."""
-    graph = coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
+    labels = component_labels(n, i, j)
     order = np.argsort(labels, kind="stable")
     cuts = np.flatnonzero(np.diff(labels[order])) + 1
     groups = [g for g in np.split(order, cuts) if len(g) > 1]
