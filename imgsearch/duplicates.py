@@ -41,6 +41,7 @@ UNITS = {"bits": "bits", "code": "angular distance", "pixel": "Euclidean distanc
 # the largest F1 on its calibration set (docs/duplicates.json, "threshold"; docs/duplicates.md).
 DEFAULT_THRESHOLDS = {"bits": 40, "code": 0.35, "pixel": 0.05}
 DEFAULT_SPACE = "bits"
+SLIDERS = {"bits": (0, 64, 1), "code": (0.0, 1.0, 0.01), "pixel": (0.0, 8.0, 0.1)}  # the page's threshold ranges
 QUERY_BLOCK = 4096  # queries per range search: bounded memory for the result lists
 BOUND_DIMS = 32  # the code space's lower bound: 32 principal directions of the unit codes and the residual
 SLACK = 1e-3  # float32 rounding allowance of the lower bounds, a share of the radius
@@ -300,11 +301,15 @@ def write_json(found: Duplicates, path) -> None:
     Path(path).write_text(json.dumps(found.to_dict(), indent=1))
 
 
-def csv_text(found: Duplicates) -> str:
+def csv_text(found: Duplicates, show_path=None) -> str:
+    """The CSV of `rows()`; `show_path` rewrites each path (the page shows no server folders)."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(found.rows())
+    for row in found.rows():
+        if show_path and row["path"]:
+            row["path"] = show_path(row["path"])
+        writer.writerow(row)
     return out.getvalue()
 
 

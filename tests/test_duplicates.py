@@ -104,3 +104,28 @@ def test_keeper_rule():
 def test_components_largest_first():
     groups = components(7, np.array([5, 0, 2]), np.array([6, 1, 1]))
     assert [g.tolist() for g in groups] == [[0, 1, 2], [5, 6]]
+
+
+def test_page_draws_the_groups_with_names_and_a_csv(planted, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import ROOT
+
+    root, out = planted
+    monkeypatch.setenv("IMGSEARCH_INDEX", str(out))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.run()
+    at.radio(key="view").set_value("Duplicates").run()
+    at.radio(key="dup_space").set_value("pixel").run()
+    at.slider(key="dup_threshold_pixel").set_value(0.0).run()
+    assert not at.exception, at.exception
+    text = " ".join(m.value for m in at.markdown)
+    assert "**2 groups**, **4 pairs** within 0.0 among 15 images" in text
+    assert "**Group 1**: 3 items" in text and "**Group 2**: 2 items" in text
+    captions = [c for img in at.image for c in img.captions]
+    size = (root / "a_copy.png").stat().st_size
+    assert captions[0].startswith("★ keep · b_twin.png · 32×32 · ")
+    assert captions[3] == f"★ keep · a_copy.png · 32×32 · {size / 1024:.1f} KB"
+    assert captions[1].startswith("b.png") and captions[2].startswith("sub/b_third.png")
+    assert str(root) not in " ".join(captions) + text  # no server folder on the page
+    assert at.get("download_button")[0].proto.label == "Download as CSV"
