@@ -129,3 +129,28 @@ def test_page_draws_the_groups_with_names_and_a_csv(planted, monkeypatch):
     assert captions[1].startswith("b.png") and captions[2].startswith("sub/b_third.png")
     assert str(root) not in " ".join(captions) + text  # no server folder on the page
     assert at.get("download_button")[0].proto.label == "Download as CSV"
+
+
+def test_pair_scores_of_a_hand_made_grouping():
+    from imgsearch.duplicates_bench import VARIANTS, scores
+
+    # two originals (groups 0, 1) with a flip each, and two distractors
+    group = np.array([0, 0, 1, 1, -1, -1])
+    kind = np.array(["original", "flip", "original", "flip", "distractor", "distractor"])
+    # found: {0, 1, 4} (one true pair, two false), {2}, {3}, {5}
+    got = scores(np.array([7, 7, 8, 9, 7, 10]), group, kind)
+    assert got["overall"] == {"precision": round(1 / 3, 4), "recall": 0.5, "f1": 0.4}
+    assert got["by_variant"]["flip"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5}  # pairs with item 1: (0,1) yes, (1,4) no
+    assert set(got["by_variant"]) == set(VARIANTS) and got["by_variant"]["crop"]["recall"] == 1.0  # no crops: nothing missed
+
+
+def test_every_variant_kind_changes_the_picture_and_keeps_its_content():
+    from imgsearch.duplicates_bench import SIDE, VARIANTS, generated_photo, variant
+
+    rng = np.random.default_rng(0)
+    original = generated_photo(rng)
+    assert original.size == (SIDE, SIDE)
+    for kind in VARIANTS:
+        img, quality = variant(original, kind, rng)
+        assert 30 <= quality <= 95
+        assert 0.5 * SIDE <= min(img.size) and max(img.size) <= 2 * SIDE + 12, kind
