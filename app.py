@@ -14,6 +14,7 @@ import re
 import sys
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -523,10 +524,22 @@ def quality_view(index: Index) -> None:
                                (index.thumbnail(y), f"{second}: {index.label(y)}", 64)] for q, x, y in triples[:6]]))
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def duplicates_found(build_dir: str, space: str, threshold: float, _progress=None):
-    """Once per index, space and threshold: the groups (imgsearch/duplicates.py); nothing is written."""
-    return load_index(build_dir).duplicates(space, threshold, progress=_progress)
+@st.cache_resource(show_spinner=False)
+def duplicates_store() -> OrderedDict:
+    """(build dir, space, threshold) -> groups, the 16 latest, shared by the sessions: each is computed once.
+    Not st.cache_data: its progress bar is drawn while it is computed, which a cached function cannot replay."""
+    return OrderedDict()
+
+
+def duplicates_found(index: Index, space: str, threshold: float, slot):
+    """The groups of `index` (imgsearch/duplicates.py), from the store or computed with a progress bar."""
+    store, key = duplicates_store(), (str(index.path), space, threshold)
+    if key not in store:
+        store[key] = index.duplicates(space, threshold, progress=slow_progress_ui(slot, "Comparing every pair of images…"))
+        slot.empty()
+        while len(store) > 16:
+            store.popitem(last=False)
+    return store[key]
 
 
 def slow_progress_ui(slot, text: str):
@@ -583,10 +596,7 @@ def duplicates_view(index: Index) -> None:
 
     st.subheader("Near-duplicates")
     space, threshold = duplicates_controls_ui(index)
-    slot = st.empty()
-    found = duplicates_found(str(index.path), space, threshold,
-                             _progress=slow_progress_ui(slot, "Comparing every pair of images…"))
-    slot.empty()
+    found = duplicates_found(index, space, threshold, st.empty())
     st.markdown(f"**{len(found.groups):,} groups**, **{found.pairs:,} pairs** within {threshold} among "
                 f"{found.items:,} images ({found.seconds:.1f} s). Nothing is moved or deleted: the CSV lists them.")
     st.download_button("Download as CSV", csv_text(found, shown_path), file_name="duplicates.csv", mime="text/csv",

@@ -154,3 +154,31 @@ def test_every_variant_kind_changes_the_picture_and_keeps_its_content():
         img, quality = variant(original, kind, rng)
         assert 30 <= quality <= 95
         assert 0.5 * SIDE <= min(img.size) and max(img.size) <= 2 * SIDE + 12, kind
+
+
+def test_page_computes_once_per_threshold_and_shows_progress_for_slow_work(planted, monkeypatch):
+    import time
+
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import ROOT
+
+    _, out = planted
+    real, calls = Index.duplicates, []
+
+    def slow(self, space, threshold, progress=None):
+        calls.append((space, threshold))
+        time.sleep(1.05)  # past the second after which the page draws a progress bar
+        progress(0.5)
+        return real(self, space, threshold, progress)
+    monkeypatch.setattr(Index, "duplicates", slow)
+    monkeypatch.setenv("IMGSEARCH_INDEX", str(out))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.run()  # a threshold no other test asks for: the store is shared by the sessions of the process
+    at.radio(key="view").set_value("Duplicates").run()
+    at.radio(key="dup_space").set_value("pixel").run()
+    at.slider(key="dup_threshold_pixel").set_value(0.1).run()
+    at.slider(key="dup_threshold_pixel").set_value(0.1).run()
+    assert not at.exception, at.exception
+    assert calls.count(("pixel", 0.1)) == 1
+    assert any("**2 groups**" in m.value for m in at.markdown)
