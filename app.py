@@ -635,12 +635,9 @@ def main() -> None:
     follow_index(index)
     warm_up(str(index.path))
     sidebar_ui(index)
-    if view == "Map":
-        return map_view(index)
-    if view == "Quality":
-        return quality_view(index)
-    if view == "Duplicates":
-        return duplicates_view(index)
+    other_view = {"Map": map_view, "Quality": quality_view, "Duplicates": duplicates_view}.get(view)
+    if other_view:
+        return other_view(index)
     with pick_col:
         st.markdown("**…or pick one from the collection**")
         row = st.container(horizontal=True)

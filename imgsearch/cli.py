@@ -265,28 +265,13 @@ def benchmark_arguments(p: argparse.ArgumentParser):
     p.add_argument("--million-phases", type=lambda text: text.split(","),
                    help="with --million and --work-dir: measure only these phases again (comma-separated: clean, "
                         "resume, queries, update), report the others as recorded, and skip the 50,000-item run")
-    p.add_argument("--duplicates", action="store_true",
-                   help="measure the near-duplicate finder instead, on a labelled set made from --data (default: the "
-                        "offline CIFAR-10 test images) with perceptual hashes beside it: the report's `duplicates` key; "
-                        "with --json FILE also FILE's .md and .png")
-    p.add_argument("--duplicates-index", metavar="DIR",
-                   help="with --duplicates: also time the whole-collection pass on this built index")
+    duplicates_benchmark_arguments(p)
     p.add_argument("--json", help="write the report to this JSON file")
     p.add_argument("--plot", help="write the recall-vs-latency plot to this PNG")
 
     def run(a) -> int:
         from .benchmark import plot_sweep, print_report, run_benchmark
 
-        if a.duplicates:
-            from .duplicates_bench import OFFLINE_TEST, run_and_write
-
-            source = OFFLINE_TEST if a.data == "cifar10" else a.data
-            try:
-                run_and_write(source, a.model, a.json, work_dir=a.work_dir, scale_index=a.duplicates_index,
-                              quick=a.quick)
-            except (ValueError, OSError) as e:
-                return fail(str(e))
-            return 0
         from .data import CollectionError, load_collection
         from .report import write_outputs
 
@@ -321,7 +306,7 @@ def benchmark_arguments(p: argparse.ArgumentParser):
         print_report(report)
         write_outputs(report, a.json, a.plot, plot_sweep)
         return 0
-    return run
+    return lambda a: duplicates_benchmark(a) if a.duplicates else run(a)
 
 
 # ---- duplicates ----------------------------------------------------------------------------
@@ -356,6 +341,26 @@ def duplicates_arguments(p: argparse.ArgumentParser):
             write_csv(found, a.csv)
         return 0
     return run
+
+
+def duplicates_benchmark_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--duplicates", action="store_true",
+                   help="measure the near-duplicate finder instead, on a labelled set made from --data (default: the "
+                        "offline CIFAR-10 test images) with perceptual hashes beside it: the report's `duplicates` key; "
+                        "with --json FILE also FILE's .md and .png (pip install -e .[bench])")
+    p.add_argument("--duplicates-index", metavar="DIR",
+                   help="with --duplicates: also time the whole-collection pass on this built index")
+
+
+def duplicates_benchmark(a) -> int:
+    from .duplicates_bench import OFFLINE_TEST, run_and_write
+
+    source = OFFLINE_TEST if a.data == "cifar10" else a.data
+    try:
+        run_and_write(source, a.model, a.json, work_dir=a.work_dir, scale_index=a.duplicates_index, quick=a.quick)
+    except (ValueError, OSError, ImportError) as e:
+        return fail(str(e))
+    return 0
 
 
 # ---- serve ---------------------------------------------------------------------------------
