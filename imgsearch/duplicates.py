@@ -116,32 +116,40 @@ def check(space: str, threshold) -> float:
 
 # ---- pairs ---------------------------------------------------------------------------------
 
-def bit_pairs(words: np.ndarray, radius: int, progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(N, W) uint64 packed codes -> pairs i < j with Hamming distance <= radius: i, j, distance."""
+def bit_pairs(words: np.ndarray, radius: int, progress=None, queries=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, W) uint64 packed codes -> pairs i < j with Hamming distance <= radius: i, j, distance
+    (with `queries`: pairs (query, row))."""
     data = rows_as_bytes(words)
+    q = None if queries is None else rows_as_bytes(queries)
     # faiss keeps distances strictly below its radius
-    return _range_pairs(lambda: faiss.IndexBinaryFlat(data.shape[1] * 8), data, int(radius) + 1, progress)
+    return _range_pairs(lambda: faiss.IndexBinaryFlat(data.shape[1] * 8), data, int(radius) + 1, progress, q)
 
 
-def bound_pairs(rows: np.ndarray, radius: float, progress=None) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs i < j of float rows within Euclidean `radius` (candidates: the radius is widened by SLACK)."""
+def bound_pairs(rows: np.ndarray, radius: float, progress=None, queries=None) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of float rows within Euclidean `radius` (candidates: the radius is widened by SLACK): i < j
+    among `rows`, or (query, row) when `queries` are given."""
     rows = np.ascontiguousarray(rows, dtype=np.float32)
     r2 = float(radius * (1 + SLACK)) ** 2 + 1e-12
-    i, j, _ = _range_pairs(lambda: faiss.IndexFlatL2(rows.shape[1]), rows, r2, progress)
+    i, j, _ = _range_pairs(lambda: faiss.IndexFlatL2(rows.shape[1]), rows, r2, progress, queries)
     return i, j
 
 
-def _range_pairs(new_index, data: np.ndarray, radius, progress):
-    """Every block of queries against the rows from its own first one on: each pair is compared once."""
+def _range_pairs(new_index, data: np.ndarray, radius, progress, queries=None):
+    """Every block of queries against the rows from its own first one on, so each pair is compared once;
+    or, with `queries` (the mirror images), every query against every row but its own."""
     found_i, found_j, found_d = [], [], []
+    index = None
     for s in range(0, len(data), QUERY_BLOCK):
-        index = new_index()
-        index.add(data[s:])
-        lims, d, ids = index.range_search(data[s:s + QUERY_BLOCK], radius)
-        queries = np.repeat(np.arange(len(lims) - 1), np.diff(lims.astype(np.int64)))
-        keep = ids > queries  # not an item with itself, nor a pair of the block twice
-        found_i.append(s + queries[keep])
-        found_j.append(s + ids[keep])
+        if queries is None or index is None:
+            index = new_index()
+            index.add(data[s:] if queries is None else data)
+        q = data[s:s + QUERY_BLOCK] if queries is None else queries[s:s + QUERY_BLOCK]
+        lims, d, ids = index.range_search(np.ascontiguousarray(q), radius)
+        rows = np.repeat(np.arange(len(lims) - 1), np.diff(lims.astype(np.int64)))
+        first = s if queries is None else 0
+        keep = ids > rows if queries is None else ids + first != rows + s  # not an item with itself
+        found_i.append(s + rows[keep])
+        found_j.append(first + ids[keep])
         found_d.append(d[keep])
         if progress:
             progress(min(1.0, (s + QUERY_BLOCK) / len(data)))
@@ -158,62 +166,107 @@ def with_residual(y: np.ndarray, totals: np.ndarray) -> np.ndarray:
 
 
 class SpaceVectors:
-    """One space's items as the finder reads them: candidate pairs, and exact distances of pairs."""
+    """One space's items as the finder reads them (and, with `mirror`, their mirror images): candidate
+    pairs, and exact distances of pairs. A pair's distance is the smaller of the two images' own and
+    that of one's mirror image to the other: a flipped copy is a copy."""
 
-    def __init__(self, space: str, index):
-        self.space = space
-        if space == "bits":
-            bits = index.spaces.get("bits")
-            if bits is None:
-                raise DuplicatesError("This index has no bits space; use --space code or pixel.")
-            columns = getattr(bits, "columns", None)  # a Milvus-backed space: the bits again, from the stored rotation
-            self.words = np.ascontiguousarray(columns.T) if columns is not None else \
-                binarise(index.codes, bits.mean, bits.projection)
-        elif space == "code":
-            self.unit = unit_rows(index.codes)
-        else:
-            self.pixels = np.asarray(index.pixels).reshape(len(index.pixels), -1)
-            self.pixel_space = index.spaces.get("pixel")
+    def __init__(self, space: str, index, mirror: bool = True):
+        self.space, self.index = space, index
+        self.bits = index.spaces.get("bits")
+        if space == "bits" and self.bits is None:
+            raise DuplicatesError("This index has no bits space; use --space code or pixel.")
+        self.pixel_space = index.spaces.get("pixel")
+        self.vectors = self.embed(np.asarray(index.pixels) if space == "pixel" else None)
+        self.mirrored = self.embed(mirrored_pixels(index)) if mirror else None
+        self._pca = None
+
+    def embed(self, pixels: np.ndarray | None) -> np.ndarray:
+        """The space's rows of these pixels (None: the index's own items, from its stored codes)."""
+        if self.space == "pixel":
+            return pixels.reshape(len(pixels), -1)
+        codes = self.index.codes if pixels is None else encode_blocks(self.index, pixels)
+        if self.space == "code":
+            return unit_rows(codes)
+        columns = getattr(self.bits, "columns", None)  # absent in a Milvus-backed space: the bits from its rotation
+        if pixels is None and columns is not None:
+            return np.ascontiguousarray(columns.T)
+        return binarise(codes, self.bits.mean, self.bits.projection)
 
     def pairs(self, threshold, progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pairs i < j within `threshold`, each once, with their distance."""
+        parts = [self._pairs(threshold, progress, None)]
+        if self.mirrored is not None:
+            i, j, d = self._pairs(threshold, None, self.mirrored)
+            parts.append((np.minimum(i, j), np.maximum(i, j), d))
+        i, j, d = (np.concatenate(x) for x in zip(*parts))
+        order = np.lexsort((d, j, i))  # the nearer of a pair's direct and mirrored distance first
+        i, j, d = i[order], j[order], d[order]
+        first = np.ones(len(i), bool)
+        first[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1])
+        return i[first], j[first], d[first]
+
+    def _pairs(self, threshold, progress, queries):
         if self.space == "bits":
-            i, j, d = bit_pairs(self.words, threshold, progress)
+            i, j, d = bit_pairs(self.vectors, threshold, progress, queries)
             return i, j, d.astype(np.float32)
-        i, j = bound_pairs(self.bound_rows(), self.scale * threshold, progress)
-        d = self.distances(i, j)
+        q = None if queries is None else self.bound_rows(queries)
+        i, j = bound_pairs(self.bound_rows(self.vectors), self.scale * threshold, progress, q)
+        d = self.distances(i, j, mirrored=queries is not None)
         keep = d <= threshold
         return i[keep], j[keep], d[keep]
 
     @property
     def scale(self) -> float:
-        return 255.0 if self.space == "pixel" else 1.0  # the pixel bounds are in uint8 units
+        return 255.0 if self.space == "pixel" else 1.0  # pixel rows are uint8
 
-    def bound_rows(self) -> np.ndarray:
-        if self.space == "pixel":
-            if self.pixel_space is not None and hasattr(self.pixel_space, "coarse"):
-                return self.pixel_space.coarse  # the pixel space's own [y, r] rows (spaces/pixel.py)
-            pca = fit_pca(self.pixels, BOUND_DIMS, max_rows=20_000)
-            c = self.pixels.astype(np.float32) - pca.mean
-            return with_residual(c @ pca.components, np.einsum("ij,ij->i", c, c, dtype=np.float64))
-        pca = fit_pca(self.unit, BOUND_DIMS, max_rows=20_000)
-        c = self.unit - pca.mean
-        return with_residual(c @ pca.components, np.einsum("ij,ij->i", c, c, dtype=np.float64))
+    def bound_rows(self, rows: np.ndarray) -> np.ndarray:
+        """[y, r] rows over a PCA fitted once on the items (the pixel space's own basis where it has one)."""
+        if self._pca is None:
+            ps = self.pixel_space
+            if self.space == "pixel" and ps is not None and hasattr(ps, "basis"):
+                self._pca = ps.mean, ps.basis[:, :ps.coarse_dims]
+            else:
+                pca = fit_pca(self.vectors, BOUND_DIMS, max_rows=20_000)
+                self._pca = pca.mean, pca.components
+        mean, components = self._pca
+        out = []
+        for s in range(0, len(rows), 8192):
+            c = rows[s:s + 8192].astype(np.float32) - mean
+            out.append(with_residual(c @ components, np.einsum("ij,ij->i", c, c, dtype=np.float64)))
+        return np.concatenate(out) if out else np.empty((0, components.shape[1] + 1), np.float32)
 
-    def distances(self, i: np.ndarray, j: np.ndarray, block: int = 8192) -> np.ndarray:
-        """Exact distances of pairs (i[k], j[k]) in the space's unit, in blocks of pairs."""
+    def distances(self, i: np.ndarray, j: np.ndarray, block: int = 8192, mirrored: bool = False) -> np.ndarray:
+        """Exact distances of pairs (i[k], j[k]) in the space's unit (the mirror image of i[k] when `mirrored`)."""
+        first = self.mirrored if mirrored else self.vectors
         out = np.empty(len(i), dtype=np.float32)
         for s in range(0, len(i), block):
-            a, b = i[s:s + block], j[s:s + block]
+            a, b = first[i[s:s + block]], self.vectors[j[s:s + block]]
             if self.space == "bits":
-                x = np.bitwise_xor(self.words[a], self.words[b])
-                out[s:s + block] = np.unpackbits(x.view(np.uint8), axis=1).sum(1)
+                out[s:s + block] = np.unpackbits(np.bitwise_xor(a, b).view(np.uint8), axis=1).sum(1)
             elif self.space == "code":
-                cos = np.einsum("ij,ij->i", self.unit[a], self.unit[b])
-                out[s:s + block] = np.sqrt(np.maximum(2 - 2 * cos, 0))
+                out[s:s + block] = np.sqrt(np.maximum(2 - 2 * np.einsum("ij,ij->i", a, b), 0))
             else:
-                diff = self.pixels[a].astype(np.int32) - self.pixels[b].astype(np.int32)
+                diff = a.astype(np.int32) - b.astype(np.int32)
                 out[s:s + block] = np.sqrt(np.einsum("ij,ij->i", diff, diff)) / 255.0
         return out
+
+    def distance_to(self, keep: int, others: np.ndarray) -> np.ndarray:
+        """Each of `others`' distance to `keep`, the nearer of direct and mirrored."""
+        d = self.distances(np.full(len(others), keep), others)
+        if self.mirrored is not None:
+            d = np.minimum(d, self.distances(np.full(len(others), keep), others, mirrored=True))
+        return d
+
+
+def mirrored_pixels(index) -> np.ndarray:
+    """The items' 32x32 pixels flipped left to right."""
+    return np.asarray(index.pixels)[:, :, ::-1]
+
+
+def encode_blocks(index, pixels: np.ndarray, block: int = 8192) -> np.ndarray:
+    """Codes of many images, a block at a time (a flipped copy of a million images would be 3 GB)."""
+    return np.concatenate([index.encode(np.ascontiguousarray(pixels[s:s + block]))
+                           for s in range(0, len(pixels), block)])
 
 
 # ---- groups --------------------------------------------------------------------------------
@@ -264,19 +317,20 @@ def keeper(items: list[Item]) -> Item:
 def make_group(index, members: np.ndarray, vectors: SpaceVectors, root: str | None) -> Group:
     items = [describe(index, int(i), root) for i in members]
     keep = keeper(items)
-    d = vectors.distances(np.full(len(members), keep.id), np.asarray(members, dtype=np.int64))
+    d = vectors.distance_to(keep.id, np.asarray(members, dtype=np.int64))
     for item, dist in zip(items, d):
         item.distance_to_keep = round(float(dist), 6)
     items.sort(key=lambda it: (it.id != keep.id, it.distance_to_keep, it.id))
     return Group(keep.id, items)
 
 
-def find_duplicates(index, space: str = DEFAULT_SPACE, threshold=None, progress=None) -> Duplicates:
-    """Groups of near-duplicates in `index` (a loaded Index). `progress(fraction)` is told how far the
-    pair search is. Reads files' headers; writes, moves and deletes nothing."""
+def find_duplicates(index, space: str = DEFAULT_SPACE, threshold=None, progress=None, mirror: bool = True) -> Duplicates:
+    """Groups of near-duplicates in `index` (a loaded Index); `mirror=False` leaves flipped copies out.
+    `progress(fraction)` is told how far the pair search is. Reads files' headers; writes, moves and
+    deletes nothing."""
     threshold = check(space, DEFAULT_THRESHOLDS[space] if threshold is None and space in SPACES else threshold)
     t = time.perf_counter()
-    vectors = SpaceVectors(space, index)
+    vectors = SpaceVectors(space, index, mirror)
     i, j, _ = vectors.pairs(threshold, progress)
     root = collection_root(index)
     groups = [make_group(index, g, vectors, root) for g in components(len(index), i, j)]

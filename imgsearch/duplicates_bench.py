@@ -258,6 +258,7 @@ def run_duplicates_benchmark(source=OFFLINE_TEST, model=None, *, work_dir: Path 
     default = max(SPACES, key=lambda s: report["calibration_f1"][s])
     report["default"] = {"space": default, "threshold": report["threshold"][default]}
     report["goal"] = goal(report, default)
+    report["mirror"] = True  # a pair's distance: the nearer of the images' own and one's mirror image to the other
     report["set"] = {"originals": originals + generated, "from_cifar10": originals, "generated": generated,
                      "variants": list(VARIANTS), "items": len(measured.index),
                      "distractors": int((measured.group < 0).sum()), "source": str(source)}
@@ -302,9 +303,9 @@ def draw_pairs(labelled: LabelledSet, space: str, threshold, path) -> None:
     from .report import new_figure  # noqa: F401 - selects the headless backend
     import matplotlib.pyplot as plt
 
-    i, j, _ = SpaceVectors(space, labelled.index).pairs(threshold)
-    comp = component_labels(len(labelled.index), i, j)
     vectors = SpaceVectors(space, labelled.index)
+    i, j, _ = vectors.pairs(threshold)
+    comp = component_labels(len(labelled.index), i, j)
     original = {int(g): n for n, (g, k) in enumerate(zip(labelled.group, labelled.kind)) if k == "original"}
     fig, axes = plt.subplots(len(VARIANTS), 4, figsize=(6.4, 1.7 * len(VARIANTS)), dpi=90)
     for row, k in enumerate(VARIANTS):
@@ -322,7 +323,7 @@ def draw_pairs(labelled: LabelledSet, space: str, threshold, path) -> None:
                 with Image.open(labelled.index.paths[pair[side]]) as im:
                     ax.imshow(im.convert("RGB"))
                 if side == 1:
-                    d = vectors.distances(np.array([pair[0]]), np.array([pair[1]]))[0]
+                    d = vectors.distance_to(pair[0], np.array([pair[1]]))[0]
                     ax.set_title(f"{k} {what}: {d:.3g}", fontsize=7)
                 else:
                     ax.set_title("original", fontsize=7)
@@ -345,7 +346,8 @@ def markdown(report: dict, picture: str | None) -> str:
              f"Set: {report['set']['originals']} originals ({report['set']['from_cifar10']} CIFAR-10 test images "
              f"upscaled to {SIDE}x{SIDE}, {report['set']['generated']} generated), one variant of each of "
              f"{len(VARIANTS)} kinds each, among {report['set']['distractors']:,} distractors "
-             f"({report['set']['items']:,} items). Thresholds were picked on a second, disjoint set (largest F1).", "",
+             f"({report['set']['items']:,} items). Thresholds were picked on a second, disjoint set (largest F1). "
+             "A pair's distance is the nearer of the two images' own and that of one's mirror image to the other.", "",
              f"Default: **{report['default']['space']}** space at **{report['default']['threshold']}**. "
              f"Goal (overall precision >= 0.95 and recall >= 0.90 at the default, F1 above the best hash on every "
              f"kind where its F1 < 0.99): **{'holds' if report['goal']['holds'] else 'does not hold'}**: "

@@ -225,7 +225,8 @@ class Index:
     def thumbnail(self, i: int) -> np.ndarray:
         return self.pixels[i]
 
-    def duplicates(self, space: str | None = None, threshold=None, progress=None) -> Duplicates:
+    def duplicates(self, space: str | None = None, threshold=None, progress=None, mirror: bool = True) -> Duplicates:
         """Groups of near-duplicates within `threshold` in `space` (default: the benchmark's choice; see
-        imgsearch/duplicates.py). Reads the files' headers; never moves or deletes a file."""
-        return find_duplicates(self, space or DEFAULT_SPACE, threshold, progress)
+        imgsearch/duplicates.py), flipped copies included unless `mirror=False`. Reads the files' headers;
+        never moves or deletes a file."""
+        return find_duplicates(self, space or DEFAULT_SPACE, threshold, progress, mirror)

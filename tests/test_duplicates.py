@@ -21,13 +21,17 @@ OLD, NEW = 1_600_000_000, 1_700_000_000  # modification times of the planted fil
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory, checkpoint):
     """Ten distinct images; a.png saved twice (the copy a larger file); b.png three times, byte for byte
-    (b_twin.png the oldest, one in a subfolder). Returns the folder and its index."""
+    (b_twin.png the oldest, one in a subfolder); c.png and its mirror image (a larger file). Returns the
+    folder and its index."""
     root = tmp_path_factory.mktemp("planted")
     for i in range(10):
         Image.fromarray(make_image(i % 3, seed=500 + i)).save(root / f"distinct{i}.png")
     a, b = make_image(0, seed=100), make_image(1, seed=101)
     Image.fromarray(a).save(root / "a.png", compress_level=9)
     Image.fromarray(a).save(root / "a_copy.png", compress_level=0)
+    c = make_image(2, seed=102)
+    Image.fromarray(c).save(root / "c.png", compress_level=9)
+    Image.fromarray(c[:, ::-1]).save(root / "c_mirror.png", compress_level=0)
     (root / "sub").mkdir()
     for name, mtime in (("b.png", NEW), ("b_twin.png", OLD), ("sub/b_third.png", NEW)):
         Image.fromarray(b).save(root / name)
@@ -49,18 +53,20 @@ def names(group):
 @pytest.mark.parametrize("space, threshold", [("pixel", 0), ("bits", 0), ("code", 1e-4)])
 def test_planted_copies_are_the_groups(planted, space, threshold):
     root, out = planted
-    found = Index.load(out).duplicates(space, threshold)
-    planted_groups = [["b_twin.png", "b.png", "sub/b_third.png"], ["a_copy.png", "a.png"]]
-    if space == "pixel":  # exact: only the planted copies have equal pixels
-        assert [names(g) for g in found.groups] == planted_groups and found.pairs == 4  # b: 3 pairs, a: 1
-    else:  # the tiny untrained model may also give distinct images equal bits: the copies are still groups of their own
-        assert found.groups[0].items[0].name == "b_twin.png"
-        assert all(g in [names(f) for f in found.groups] for g in planted_groups)
-    assert found.items == 15
-    keep = found.groups[1].items[0]
-    assert (keep.bytes, keep.width, keep.height) == ((root / "a_copy.png").stat().st_size, 32, 32)
-    assert keep.path == str(root.resolve() / "a_copy.png") and found.groups[1].keep == keep.id
-    assert all(item.distance_to_keep == pytest.approx(0, abs=1e-3) for g in found.groups for item in g.items)
+    planted_groups = [["b_twin.png", "b.png", "sub/b_third.png"], ["a_copy.png", "a.png"], ["c_mirror.png", "c.png"]]
+    if space == "pixel":  # exact: only the planted copies have equal pixels (the mirror image: flipped)
+        found = Index.load(out).duplicates(space, threshold)
+        assert [names(g) for g in found.groups] == planted_groups and found.pairs == 5  # b: 3 pairs, a: 1, c: 1
+        assert [names(g) for g in Index.load(out).duplicates(space, threshold, mirror=False).groups] == planted_groups[:2]
+    else:  # the tiny untrained model may give distinct images equal bits too: each set of copies is in one group
+        found = Index.load(out).duplicates(space, threshold, mirror=False)
+        assert all(any(set(g) <= set(names(f)) for f in found.groups) for g in planted_groups[:2])
+    assert found.items == 17
+    group = next(g for g in found.groups if "a_copy.png" in names(g))
+    keep = group.items[0]  # the larger file of two with the same pixels (or the one with most pixels, if another joined)
+    assert (keep.name, keep.bytes, keep.width, keep.height) == ("a_copy.png", (root / "a_copy.png").stat().st_size, 32, 32)
+    assert keep.path == str(root.resolve() / "a_copy.png") and group.keep == keep.id and keep.distance_to_keep == 0
+    assert next(it for it in group.items if it.name == "a.png").distance_to_keep == pytest.approx(0, abs=1e-3)
 
 
 def test_cli_writes_json_and_csv_and_touches_no_file(planted, tmp_path, capsys):
@@ -69,10 +75,10 @@ def test_cli_writes_json_and_csv_and_touches_no_file(planted, tmp_path, capsys):
     assert main(["duplicates", "--index", str(out), "--space", "pixel", "--threshold", "0",
                  "--json", str(tmp_path / "d.json"), "--csv", str(tmp_path / "d.csv")]) == 0
     assert snapshot(root) == before
-    assert "2 groups of near-duplicates" in capsys.readouterr().out
+    assert "3 groups of near-duplicates" in capsys.readouterr().out
     report = json.loads((tmp_path / "d.json").read_text())
     assert list(report) == ["space", "threshold", "items", "pairs", "seconds", "groups"]
-    assert (report["space"], report["threshold"], report["items"], report["pairs"]) == ("pixel", 0.0, 15, 4)
+    assert (report["space"], report["threshold"], report["items"], report["pairs"]) == ("pixel", 0.0, 17, 5)
     first = report["groups"][0]
     assert list(first) == ["keep", "items"]
     assert list(first["items"][0]) == ["id", "path", "name", "bytes", "width", "height", "distance_to_keep"]
@@ -81,7 +87,7 @@ def test_cli_writes_json_and_csv_and_touches_no_file(planted, tmp_path, capsys):
     assert tuple(rows[0]) == CSV_FIELDS
     assert [(r["group"], r["keep"], r["name"]) for r in rows] == [
         ("1", "True", "b_twin.png"), ("1", "False", "b.png"), ("1", "False", "sub/b_third.png"),
-        ("2", "True", "a_copy.png"), ("2", "False", "a.png")]
+        ("2", "True", "a_copy.png"), ("2", "False", "a.png"), ("3", "True", "c_mirror.png"), ("3", "False", "c.png")]
 
 
 def test_cli_bad_threshold_is_one_sentence(planted, capsys):
@@ -120,7 +126,7 @@ def test_page_draws_the_groups_with_names_and_a_csv(planted, monkeypatch):
     at.slider(key="dup_threshold_pixel").set_value(0.0).run()
     assert not at.exception, at.exception
     text = " ".join(m.value for m in at.markdown)
-    assert "**2 groups**, **4 pairs** within 0.0 among 15 images" in text
+    assert "**3 groups**, **5 pairs** within 0.0 among 17 images" in text
     assert "**Group 1**: 3 items" in text and "**Group 2**: 2 items" in text
     captions = [c for img in at.image for c in img.captions]
     size = (root / "a_copy.png").stat().st_size
@@ -181,4 +187,4 @@ def test_page_computes_once_per_threshold_and_shows_progress_for_slow_work(plant
     at.slider(key="dup_threshold_pixel").set_value(0.1).run()
     assert not at.exception, at.exception
     assert calls.count(("pixel", 0.1)) == 1
-    assert any("**2 groups**" in m.value for m in at.markdown)
+    assert any("**3 groups**" in m.value for m in at.markdown)
