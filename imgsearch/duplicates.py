@@ -118,7 +118,7 @@ def check(space: str, threshold) -> float:
 
 def bit_pairs(words: np.ndarray, radius: int, progress=None, queries=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(N, W) uint64 packed codes -> pairs i < j with Hamming distance <= radius: i, j, distance
-    (with `queries`: pairs (query, row))."""
+    (with `queries`: the distance of query i to row j)."""
     data = rows_as_bytes(words)
     q = None if queries is None else rows_as_bytes(queries)
     # faiss keeps distances strictly below its radius
@@ -126,8 +126,8 @@ def bit_pairs(words: np.ndarray, radius: int, progress=None, queries=None) -> tu
 
 
 def bound_pairs(rows: np.ndarray, radius: float, progress=None, queries=None) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs of float rows within Euclidean `radius` (candidates: the radius is widened by SLACK): i < j
-    among `rows`, or (query, row) when `queries` are given."""
+    """Pairs i < j of float rows within Euclidean `radius` (candidates: the radius is widened by SLACK);
+    with `queries`, query i to row j."""
     rows = np.ascontiguousarray(rows, dtype=np.float32)
     r2 = float(radius * (1 + SLACK)) ** 2 + 1e-12
     i, j, _ = _range_pairs(lambda: faiss.IndexFlatL2(rows.shape[1]), rows, r2, progress, queries)
@@ -135,21 +135,17 @@ def bound_pairs(rows: np.ndarray, radius: float, progress=None, queries=None) ->
 
 
 def _range_pairs(new_index, data: np.ndarray, radius, progress, queries=None):
-    """Every block of queries against the rows from its own first one on, so each pair is compared once;
-    or, with `queries` (the mirror images), every query against every row but its own."""
+    """Every block of queries against the rows from its own first one on, so each pair i < j is compared
+    once: row i itself, or with `queries` its mirror image (row i of `queries`), against row j."""
     found_i, found_j, found_d = [], [], []
-    index = None
     for s in range(0, len(data), QUERY_BLOCK):
-        if queries is None or index is None:
-            index = new_index()
-            index.add(data[s:] if queries is None else data)
-        q = data[s:s + QUERY_BLOCK] if queries is None else queries[s:s + QUERY_BLOCK]
-        lims, d, ids = index.range_search(np.ascontiguousarray(q), radius)
+        index = new_index()
+        index.add(data[s:])
+        lims, d, ids = index.range_search((data if queries is None else queries)[s:s + QUERY_BLOCK], radius)
         rows = np.repeat(np.arange(len(lims) - 1), np.diff(lims.astype(np.int64)))
-        first = s if queries is None else 0
-        keep = ids > rows if queries is None else ids + first != rows + s  # not an item with itself
+        keep = ids > rows  # not an item with itself, nor a pair of the block twice
         found_i.append(s + rows[keep])
-        found_j.append(first + ids[keep])
+        found_j.append(s + ids[keep])
         found_d.append(d[keep])
         if progress:
             progress(min(1.0, (s + QUERY_BLOCK) / len(data)))
@@ -168,7 +164,7 @@ def with_residual(y: np.ndarray, totals: np.ndarray) -> np.ndarray:
 class SpaceVectors:
     """One space's items as the finder reads them (and, with `mirror`, their mirror images): candidate
     pairs, and exact distances of pairs. A pair's distance is the smaller of the two images' own and
-    that of one's mirror image to the other: a flipped copy is a copy."""
+    that of the first one's mirror image to the other: a flipped copy is a copy."""
 
     def __init__(self, space: str, index, mirror: bool = True):
         self.space, self.index = space, index
@@ -196,8 +192,7 @@ class SpaceVectors:
         """Pairs i < j within `threshold`, each once, with their distance."""
         parts = [self._pairs(threshold, progress, None)]
         if self.mirrored is not None:
-            i, j, d = self._pairs(threshold, None, self.mirrored)
-            parts.append((np.minimum(i, j), np.maximum(i, j), d))
+            parts.append(self._pairs(threshold, None, self.mirrored))
         i, j, d = (np.concatenate(x) for x in zip(*parts))
         order = np.lexsort((d, j, i))  # the nearer of a pair's direct and mirrored distance first
         i, j, d = i[order], j[order], d[order]
