@@ -40,7 +40,7 @@ UNITS = {"bits": "bits", "code": "angular distance", "pixel": "Euclidean distanc
 # Each space's threshold and the default space are the ones `imgsearch benchmark --duplicates` picked:
 # the largest F1 on its calibration set (docs/duplicates.json: "threshold", "calibration_f1" and "default";
 # the measured figures in docs/duplicates.md).
-DEFAULT_THRESHOLDS = {"bits": 22, "code": 0.49, "pixel": 4.7}
+DEFAULT_THRESHOLDS = {"bits": 19, "code": 0.48, "pixel": 4.6}
 DEFAULT_SPACE = "code"
 SLIDERS = {"bits": (0, 64, 1), "code": (0.0, 1.0, 0.01), "pixel": (0.0, 8.0, 0.1)}  # the page's threshold ranges
 QUERY_BLOCK = 4096  # queries per range search: bounded memory for the result lists
