@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
-from .data import load_folder
 from .duplicates import SPACES, SpaceVectors, bit_pairs, component_labels
 from .index import build_index
 from .million import source_images
@@ -188,7 +187,6 @@ class LabelledSet:
 # ---- the run -------------------------------------------------------------------------------
 
 def provenance() -> dict:
-    import annoy  # noqa: F401 - its version is recorded, when it has one
     import faiss
     import torch
 
@@ -300,7 +298,9 @@ def scale(index_dir: str, thresholds: dict) -> dict:
 
 def draw_pairs(labelled: LabelledSet, space: str, threshold, path) -> None:
     """For each variant kind, a pair (original, variant) the finder grouped and one it missed, if any."""
-    from .report import new_figure  # noqa: F401 - selects the headless backend
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
     import matplotlib.pyplot as plt
 
     vectors = SpaceVectors(space, labelled.index)
