@@ -116,7 +116,7 @@ def scale_arguments(p: argparse.ArgumentParser) -> None:
 def build(a, p) -> int:
     """build-index: the build, and what it did in a few lines."""
     from .data import CollectionError
-    from .index import BuildError, build_index
+    from .index import build_index, BuildError
     from .integrity import IndexLoadError
     from .model import CheckpointError
     from .search import printable
@@ -348,15 +348,15 @@ def benchmark_arguments(p: argparse.ArgumentParser):
     p.add_argument("--million-phases", type=lambda text: text.split(","),
                    help="with --million and --work-dir: measure only these phases again (comma-separated: clean, "
                         "resume, queries, update), report the others as recorded, and skip the 50,000-item run")
+    duplicates_benchmark_arguments(p)
     p.add_argument("--json", help="write the report to this JSON file")
     p.add_argument("--plot", help="write the code space structures' recall-vs-latency plot to this PNG")
 
     def run(a) -> int:
         from .benchmark import plot_structures, print_report, run_benchmark
         from .data import CollectionError, load_collection
-        from .report import write_outputs
-
         from .million import PHASES
+        from .report import write_outputs
 
         if a.million_phases and not (a.million and a.work_dir):
             p.error("--million-phases needs --million and --work-dir (the other phases' figures live there)")
@@ -387,7 +387,61 @@ def benchmark_arguments(p: argparse.ArgumentParser):
         print_report(report)
         write_outputs(report, a.json, a.plot if "code_structures" in report else None, plot_structures)
         return 0
+    return lambda a: duplicates_benchmark(a) if a.duplicates else run(a)
+
+
+# ---- duplicates ----------------------------------------------------------------------------
+
+@command("duplicates", "find groups of near-duplicate images in a built index (never deletes or moves a file)")
+def duplicates_arguments(p: argparse.ArgumentParser):
+    from .duplicates import DEFAULT_SPACE, DEFAULT_THRESHOLDS, SPACES, UNITS
+    from .publish import DEFAULT_INDEX
+
+    p.add_argument("--index", default=str(DEFAULT_INDEX), help=f"index directory (default: {DEFAULT_INDEX})")
+    p.add_argument("--space", choices=SPACES, default=DEFAULT_SPACE,
+                   help=f"where items are compared (default: {DEFAULT_SPACE}, the benchmark's pick)")
+    p.add_argument("--threshold", default=None,
+                   help="largest distance of a pair, in the space's unit (" +
+                        "; ".join(f"{s}: {UNITS[s]}, default {DEFAULT_THRESHOLDS[s]}" for s in SPACES) + ")")
+    p.add_argument("--json", metavar="FILE", help="also write the groups to this JSON file")
+    p.add_argument("--csv", metavar="FILE", help="also write one row per grouped item to this CSV file")
+
+    def run(a) -> int:
+        from .duplicates import DuplicatesError, print_groups, write_csv, write_json
+        from .integrity import IndexLoadError
+        from .search import Index
+
+        try:
+            found = Index.load(a.index).duplicates(a.space, a.threshold)
+        except (IndexLoadError, DuplicatesError) as e:
+            return fail(str(e), 2)
+        print_groups(found)
+        if a.json:
+            write_json(found, a.json)
+        if a.csv:
+            write_csv(found, a.csv)
+        return 0
     return run
+
+
+def duplicates_benchmark_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--duplicates", action="store_true",
+                   help="measure the near-duplicate finder instead, on a labelled set made from --data (default: the "
+                        "offline CIFAR-10 test images) with perceptual hashes beside it: the report's `duplicates` key; "
+                        "with --json FILE also FILE's .md and .png (pip install -e .[bench])")
+    p.add_argument("--duplicates-index", metavar="DIR",
+                   help="with --duplicates: also time the whole-collection pass on this built index")
+
+
+def duplicates_benchmark(a) -> int:
+    from .duplicates_bench import OFFLINE_TEST, run_and_write
+
+    source = OFFLINE_TEST if a.data == "cifar10" else a.data
+    try:
+        run_and_write(source, a.model, a.json, work_dir=a.work_dir, scale_index=a.duplicates_index, quick=a.quick)
+    except (ValueError, OSError, ImportError) as e:
+        return fail(str(e))
+    return 0
 
 
 # ---- serve ---------------------------------------------------------------------------------

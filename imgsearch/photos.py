@@ -61,7 +61,8 @@ def _write_photo(root: Path, i: int, size: tuple[int, int], seed: int) -> Path:
 def photo_index(folder: str | os.PathLike, n: int, model=None) -> tuple[Path, dict]:
     """An index of n generated 12-megapixel photos in `folder` (written unless it holds them already), built
     beside it at `<folder>.index`; returns its path and the build's figures."""
-    from .index import DEFAULT_CHECKPOINT, build_index
+    from .index import build_index
+    from .model import DEFAULT_CHECKPOINT
 
     folder = Path(folder)
     if len(list(folder.rglob("*.jpg"))) < n:
@@ -75,7 +76,8 @@ def photo_index(folder: str | os.PathLike, n: int, model=None) -> tuple[Path, di
 
 def read_seconds(out: Path) -> float | None:
     """The decode-and-encode stage's seconds, as the build recorded them."""
-    from .index import read_meta, resolve
+    from .integrity import read_meta
+    from .publish import resolve
 
     return read_meta(resolve(out))["ingest"].get("seconds")
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from . import layout
 from .data import label_name, relative_name
+from .duplicates import DEFAULT_SPACE, Duplicates, find_duplicates
 from .generate import STEPS, Interpolation, interpolate
 from .images import PREPROCESSING, to_pixels
 from .integrity import IndexLoadError, read_meta, verify_checksums
@@ -279,6 +280,12 @@ class Index:
 
     def thumbnail(self, i: int) -> np.ndarray:
         return self.pixels[i]
+
+    def duplicates(self, space: str | None = None, threshold=None, progress=None, mirror: bool = True) -> Duplicates:
+        """Groups of near-duplicates within `threshold` in `space` (default: the benchmark's choice; see
+        imgsearch/duplicates.py), flipped copies included unless `mirror=False`. Reads the files' headers;
+        never moves or deletes a file."""
+        return find_duplicates(self, space or DEFAULT_SPACE, threshold, progress, mirror)
 
     # ---- the decoder as a generator (imgsearch/generate.py) ---------------------------------
 

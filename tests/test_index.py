@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from imgsearch import layout
-from imgsearch.index import BuildError, build_index, rebuild_source
+from imgsearch.index import build_index, BuildError, rebuild_source
 from imgsearch.integrity import IndexLoadError, read_meta
 from imgsearch.publish import resolve
 from imgsearch.search import Index
