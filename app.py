@@ -146,7 +146,7 @@ def build_ui(reason: str) -> None:
                    "starting the server with IMGSEARCH_BUILD_ROOT=DIR.")
         return
     from imgsearch.data import CollectionError
-    from imgsearch.index import BuildError, build_index
+    from imgsearch.index import build_index, BuildError
     from imgsearch.model import DEFAULT_CHECKPOINT, CheckpointError
     from imgsearch.publish import BuildBusyError
 

@@ -32,8 +32,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .pca import fit_pca
-from .spaces.bits import binarise, rows_as_bytes
-from .spaces.code import unit_rows
+from .spaces.bits import rows_as_bytes
+from .spaces.hashing import binarise
+from .spaces.vectors import unit_rows
 
 SPACES = ("bits", "code", "pixel")
 UNITS = {"bits": "bits", "code": "angular distance", "pixel": "Euclidean distance on [0, 1] pixels"}

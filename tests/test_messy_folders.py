@@ -9,7 +9,9 @@ from PIL import Image
 
 from conftest import make_image
 from imgsearch import ingest, layout
-from imgsearch.index import DiskFullError, build_index, read_meta, resolve
+from imgsearch.index import build_index, DiskFullError
+from imgsearch.integrity import read_meta
+from imgsearch.publish import resolve
 from imgsearch.search import Index
 
 

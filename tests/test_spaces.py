@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from imgsearch import layout
-from imgsearch.index import BuildError, build_index
+from imgsearch.index import build_index, BuildError
 from imgsearch.integrity import IndexLoadError, read_meta
 from imgsearch.knn import BruteForce, topk_ties_by_id
 from imgsearch.pca import fit_pca
