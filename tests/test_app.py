@@ -237,28 +237,21 @@ def test_the_result_grid_is_one_block_with_captions_frames_and_both_layouts():
 
 # ---- what keeps the page fast (docs/page.md) ----------------------------------------------------
 
-def page_module():
-    """app.py as a module: its functions, without running the page (main() runs only under `streamlit run`)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("imgsearch_page", ROOT / "app.py")
-    page = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(page)
-    return page
-
-
 def test_warming_up_encodes_the_map_hover_pictures_before_a_visitor_asks(index_dir):
     from imgsearch.explore import HOVER_SAMPLE, _png_url
+    from imgsearch.page.warm import warm_views
     from imgsearch.publish import resolve
 
     _png_url.cache_clear()
-    page_module().warm_views(str(resolve(index_dir)))
+    warm_views(str(resolve(index_dir)))
     # Both maps' sampled dots (the same 50 of the 60 items, one seed) have their 64-px pictures encoded.
     assert _png_url.cache_info().currsize == HOVER_SAMPLE
 
 
 def test_a_warm_up_that_fails_logs_one_line_and_raises_nothing(tmp_path, capsys):
-    page_module().warm_views(str(tmp_path / "no-such-build"))
+    from imgsearch.page.warm import warm_views
+
+    warm_views(str(tmp_path / "no-such-build"))
     assert "warming up the page's caches failed" in capsys.readouterr().err
 
 

@@ -26,7 +26,8 @@ def check_structures(table: dict, curves: dict, code_dim: int) -> None:
         assert row["p50_ms"] > 0 and row["p95_ms"] >= row["p50_ms"] and 0 < row["recall_at_10"] <= 1, name
         assert row["bytes_per_item"] >= 4 * code_dim, name  # every structure re-ranks on the full codes
     assert table["exact"]["recall_at_10"] == 1.0 and table["exact"]["bytes_per_item"] == 4 * code_dim
-    assert all(table[name]["build_seconds"] > 0 for name in ("annoy", "faiss", "faiss_hnsw"))
+    # measured, not asserted to be positive: a small build can round to 0.00 s on a fast machine
+    assert all(table[name]["build_seconds"] >= 0 for name in ("annoy", "faiss", "faiss_hnsw"))
     assert set(curves) == {"annoy", "faiss", "faiss_hnsw"} and all(len(rows) == 6 for rows in curves.values())
 
 
