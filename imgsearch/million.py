@@ -174,7 +174,7 @@ def add_images(collection: Path, first: int, count: int, source: str | os.PathLi
 
 def benchmark_million(collection: str | os.PathLike, model: str | os.PathLike, work: Path, *,
                       items: int = ITEMS, queries: int = 200, added: int = UPDATE_ITEMS, only=None) -> dict:
-    """The `million` key of the benchmark report (issue 11's targets), measured end to end.
+    """The `million` key of the benchmark report, measured end to end.
 
     Four phases: a clean build, a build killed at half and resumed, queries, an update. Each
     finished phase's figures are kept in WORK/million-phases.json with the load average at its
@@ -182,144 +182,162 @@ def benchmark_million(collection: str | os.PathLike, model: str | os.PathLike, w
     folder continues with the next phase; delete an entry to measure that phase again. `only`
     (phase names) measures just those phases again and reports the others as recorded.
     """
+    if only is not None and not set(only) <= set(PHASES):
+        raise ValueError(f"The phases are {', '.join(PHASES)}.")
+    run = MillionRun(write_million(collection, items), model, work, items=items, queries=queries, added=added)
+    # A first run builds first; a later one measures queries and the update on the index it finds before
+    # rebuilding it, so that a clean build measured again can be compared with a resumed one at once.
+    order = ("clean", "resume", "queries", "update") if not run.out.exists() else ("queries", "update", "clean", "resume")
+    for name in order:
+        if only is None or name in only:
+            if only is not None:
+                run.phases.pop(name, None)
+            getattr(run, f"{name}_phase")()
+        elif name in run.phases:
+            run.report.update(run.phases[name])
+    return run.report
+
+
+class MillionRun:
+    """One run of the million benchmark: its work folder, the phases recorded so far, and each phase."""
+
+    def __init__(self, collection: Path, model, work: Path, *, items: int, queries: int, added: int):
+        import json
+
+        work.mkdir(parents=True, exist_ok=True)
+        self.collection, self.work, self.items, self.queries, self.added = collection, work, items, queries, added
+        self.out, self.resumed_out = work / "million-index", work / "million-resumed"
+        self.common = ["--data", str(collection), "--model", str(model)]
+        self.report: dict = {"items": items, "collection": str(collection)}
+        self.saved = work / "million-phases.json"
+        self.phases = json.loads(self.saved.read_text()) if self.saved.is_file() else {}
+
+    def pending(self, phase: str, needs_index: bool = True) -> bool:
+        if phase in self.phases and (self.out.exists() or not needs_index):
+            self.report.update(self.phases[phase])
+            return False
+        self.phases["_load"] = os.getloadavg()[0]
+        return True
+
+    def record(self, phase: str, **figures) -> None:
+        import json
+
+        figures[f"{phase}_load_average"] = round(self.phases.pop("_load"), 2)
+        self.phases[phase] = figures
+        self.saved.write_text(json.dumps(self.phases, indent=1))
+        self.report.update(figures)
+
+    def clean_phase(self) -> None:
+        from .integrity import read_meta
+        from .publish import resolve
+
+        if self.pending("clean", needs_index=False) or not self.out.exists():
+            self.phases.setdefault("_load", os.getloadavg()[0])
+            clean = run_build([*self.common, "--out", str(self.out)])
+            meta = read_meta(self.out)
+            self.record("clean", build_seconds=round(clean["seconds"], 1), build_peak_rss_mb=round(clean["peak_rss_mb"]),
+                        build_peak_anon_mb=round(clean["peak_anon_mb"]),
+                        build_images_per_s=round(meta["items"] / clean["seconds"]), indexed=meta["items"],
+                        ingest_seconds=meta["ingest"]["seconds"], space_seconds=meta["space_seconds"],
+                        maps_seconds=(meta["maps"] or {}).get("seconds"),
+                        index_gb=round(sum(p.stat().st_size for p in resolve(self.out).iterdir()) / 2**30, 2))
+
+    def resume_phase(self) -> None:
+        import shutil
+
+        from .integrity import read_meta
+
+        if not self.pending("resume"):
+            return
+        if read_meta(self.out)["update"] is not None:
+            # An update changed the index since its clean build; the resumed build is compared with a
+            # clean one (its batches, items and codes), so the clean build is made and measured again.
+            self.phases.pop("clean", None)
+            self.clean_phase()
+            self.phases["_load"] = os.getloadavg()[0]
+        meta = read_meta(self.out)
+        # Killed when half the batches are written, then run again with the same arguments.
+        batches = meta["ingest"]["batches"]
+        builds = self.resumed_out.with_name(self.resumed_out.name + ".builds")
+        shutil.rmtree(builds, ignore_errors=True)
+
+        def half_done() -> bool:
+            return sum(len(list(w.glob("batch-*.npz"))) for w in builds.glob("*.work")) >= max(1, batches // 2)
+        killed = run_build([*self.common, "--out", str(self.resumed_out)], kill_when=half_done)
+        resumed = run_build([*self.common, "--out", str(self.resumed_out)])
+        again = read_meta(self.resumed_out)
+        self.record("resume", resume_killed_at_seconds=round(killed["seconds"], 1),
+                    resume_seconds=round(resumed["seconds"], 1),
+                    resume_overhead=round((killed["seconds"] + resumed["seconds"]) / self.report["build_seconds"], 3),
+                    resumed_batches=again["ingest"]["resumed_batches"], resume_same_items=again["items"] == meta["items"],
+                    resume_same_codes=again["checksums"]["codes.npy"] == meta["checksums"]["codes.npy"])
+        shutil.rmtree(builds, ignore_errors=True)
+        self.resumed_out.unlink(missing_ok=True)
+
+    def queries_phase(self) -> None:
+        if self.pending("queries"):
+            self.record("queries", **measure_queries(self.out, self.queries))
+
+    def update_phase(self) -> None:
+        import shutil
+
+        from .integrity import read_meta
+
+        if not self.pending("update"):
+            return
+        # --update after adding images to the collection; the added files are removed again afterwards
+        # (the index keeps them, so in a later run the same files count as changed, not added).
+        folders = add_images(Path(self.collection), self.items, self.added)
+        try:
+            update = run_build([*self.common, "--out", str(self.out), "--update"])
+            u = read_meta(self.out)["update"]
+            figures = dict(update_seconds=round(update["seconds"], 1), update_peak_rss_mb=round(update["peak_rss_mb"]),
+                           update_peak_anon_mb=round(update["peak_anon_mb"]),
+                           update_added=u["added"], update_changed=u["changed"], update_removed=u["removed"],
+                           update_unchanged=u["unchanged"], update_items=u["items"])
+        finally:
+            for folder in folders:
+                shutil.rmtree(folder, ignore_errors=True)
+        self.record("update", **figures)
+
+
+def measure_queries(out: Path, queries: int) -> dict:
+    """Queries as the page makes them (an uploaded JPEG, decoded, encoded, searched) on the index at `out`:
+    each space's p50 and p95, the code space's recall against exact and its knob's sweep, the page's query."""
     import io
-    import json
-    import shutil
     import time
 
     from .benchmark import ExactCodeSearch, percentiles, recall_at, timed
-    from .integrity import read_meta
-    from .publish import resolve
     from .search import Index
     from .spaces import DEFAULT_SPACES
     from .spaces.base import Query
 
-    if only is not None and not set(only) <= set(PHASES):
-        raise ValueError(f"The phases are {', '.join(PHASES)}.")
-    collection = write_million(collection, items)
-    work.mkdir(parents=True, exist_ok=True)
-    out, resumed_out = work / "million-index", work / "million-resumed"
-    common = ["--data", str(collection), "--model", str(model)]
-    report: dict = {"items": items, "collection": str(collection)}
-    saved = work / "million-phases.json"
-    phases = json.loads(saved.read_text()) if saved.is_file() else {}
-
-    def pending(phase: str, needs_index: bool = True) -> bool:
-        if phase in phases and (out.exists() or not needs_index):
-            report.update(phases[phase])
-            return False
-        phases["_load"] = os.getloadavg()[0]
-        return True
-
-    def record(phase: str, **figures) -> None:
-        figures[f"{phase}_load_average"] = round(phases.pop("_load"), 2)
-        phases[phase] = figures
-        saved.write_text(json.dumps(phases, indent=1))
-        report.update(figures)
-
-    def clean_phase() -> None:
-        if pending("clean", needs_index=False) or not out.exists():
-            phases.setdefault("_load", os.getloadavg()[0])
-            clean = run_build([*common, "--out", str(out)])
-            meta = read_meta(out)
-            record("clean", build_seconds=round(clean["seconds"], 1), build_peak_rss_mb=round(clean["peak_rss_mb"]),
-                   build_peak_anon_mb=round(clean["peak_anon_mb"]),
-                   build_images_per_s=round(meta["items"] / clean["seconds"]), indexed=meta["items"],
-                   ingest_seconds=meta["ingest"]["seconds"], space_seconds=meta["space_seconds"],
-                   maps_seconds=(meta["maps"] or {}).get("seconds"),
-                   index_gb=round(sum(p.stat().st_size for p in resolve(out).iterdir()) / 2**30, 2))
-
-    def resume_phase() -> None:
-        if pending("resume"):
-            if read_meta(out)["update"] is not None:
-                # An update changed the index since its clean build; the resumed build is compared with a
-                # clean one (its batches, items and codes), so the clean build is made and measured again.
-                phases.pop("clean", None)
-                clean_phase()
-                phases["_load"] = os.getloadavg()[0]
-            meta = read_meta(out)
-            # Killed when half the batches are written, then run again with the same arguments.
-            batches = meta["ingest"]["batches"]
-            shutil.rmtree(resumed_out.with_name(resumed_out.name + ".builds"), ignore_errors=True)
-
-            def half_done() -> bool:
-                return sum(len(list(w.glob("batch-*.npz")))
-                           for w in (work / f"{resumed_out.name}.builds").glob("*.work")) >= max(1, batches // 2)
-            killed = run_build([*common, "--out", str(resumed_out)], kill_when=half_done)
-            resumed = run_build([*common, "--out", str(resumed_out)])
-            again = read_meta(resumed_out)
-            record("resume", resume_killed_at_seconds=round(killed["seconds"], 1),
-                   resume_seconds=round(resumed["seconds"], 1),
-                   resume_overhead=round((killed["seconds"] + resumed["seconds"]) / report["build_seconds"], 3),
-                   resumed_batches=again["ingest"]["resumed_batches"], resume_same_items=again["items"] == meta["items"],
-                   resume_same_codes=again["checksums"]["codes.npy"] == meta["checksums"]["codes.npy"])
-            shutil.rmtree(resumed_out.with_name(resumed_out.name + ".builds"), ignore_errors=True)
-            resumed_out.unlink(missing_ok=True)
-
-    def queries_phase() -> None:
-        if pending("queries"):
-            # As the page makes them: an uploaded JPEG, decoded, encoded, searched.
-            t = time.perf_counter()
-            index = Index.load(out)
-            figures = {"load_seconds": round(time.perf_counter() - t, 2)}
-            test_files, _ = source_images(Path(OFFLINE_TRAIN).parent / "test")
-            rng = np.random.default_rng(0)
-            uploads = [Path(test_files[i]).read_bytes() for i in rng.choice(len(test_files), queries, replace=False)]
-            query_list = [Query(index.query_pixels(io.BytesIO(u))[0], index.encode) for u in uploads]
-            for name, space in index.spaces.items():
-                vectors = [space.embed(q) for q in query_list]
-                found, times = timed(lambda v: space.search(v, 10)[0], vectors)
-                figures[f"{name}_p50_ms"], figures[f"{name}_p95_ms"] = percentiles(times)
-                if name == "code":
-                    exact = ExactCodeSearch(index.codes)
-                    truth = [exact.search(v, 10) for v in vectors]
-                    figures["code_recall_at_10"] = round(recall_at(found, truth), 4)
-                    del exact
-                    # The trade-off around the shipped setting, on this build's lists or trees (measured after
-                    # the figures above, so warm): recall moves by a few thousandths from one build to another.
-                    knob = space.structure.knob
-                    values = {"probes": CODE_SWEEP_PROBES, "search_k": CODE_SWEEP_SEARCH_KS}.get(knob, ())
-                    figures["code_sweep"] = []
-                    for value in values:
-                        found_k, times_k = timed(lambda v: space.search(v, 10, **{knob: value})[0], vectors)
-                        figures["code_sweep"].append({knob: value, "recall_at_10": round(recall_at(found_k, truth), 4),
-                                                      "p50_ms": percentiles(times_k)[0]})
-            _, times = timed(lambda u: index.search(io.BytesIO(u), 10, spaces=list(DEFAULT_SPACES)), uploads)
-            figures["query_server_ms"] = percentiles(times)[0]
-            _, times = timed(lambda u: index.search(io.BytesIO(u), 10, spaces=list(index.spaces)), uploads)
-            figures["query_all_spaces_ms"] = percentiles(times)[0]
-            del index
-            record("queries", **figures)
-
-    def update_phase() -> None:
-        if pending("update"):
-            # --update after adding images to the collection; the added files are removed again afterwards
-            # (the index keeps them, so in a later run the same files count as changed, not added).
-            folders = add_images(Path(collection), items, added)
-            try:
-                update = run_build([*common, "--out", str(out), "--update"])
-                u = read_meta(out)["update"]
-                figures = dict(update_seconds=round(update["seconds"], 1),
-                               update_peak_rss_mb=round(update["peak_rss_mb"]),
-                               update_peak_anon_mb=round(update["peak_anon_mb"]),
-                               update_added=u["added"], update_changed=u["changed"], update_removed=u["removed"],
-                               update_unchanged=u["unchanged"], update_items=u["items"])
-            finally:
-                for folder in folders:
-                    shutil.rmtree(folder, ignore_errors=True)
-            record("update", **figures)
-
-    # A first run builds first; a later one measures queries and the update on the index it finds before
-    # rebuilding it, so that a clean build measured again can be compared with a resumed one at once.
-    order = (clean_phase, resume_phase, queries_phase, update_phase) if not out.exists() else \
-        (queries_phase, update_phase, clean_phase, resume_phase)
-    for phase in order:
-        name = phase.__name__.removesuffix("_phase")
-        if only is None or name in only:
-            if only is not None:
-                phases.pop(name, None)
-            phase()
-        elif name in phases:
-            report.update(phases[name])
-
-    return report
+    t = time.perf_counter()
+    index = Index.load(out)
+    figures = {"load_seconds": round(time.perf_counter() - t, 2)}
+    test_files, _ = source_images(Path(OFFLINE_TRAIN).parent / "test")
+    rng = np.random.default_rng(0)
+    uploads = [Path(test_files[i]).read_bytes() for i in rng.choice(len(test_files), queries, replace=False)]
+    query_list = [Query(index.query_pixels(io.BytesIO(u))[0], index.encode) for u in uploads]
+    for name, space in index.spaces.items():
+        vectors = [space.embed(q) for q in query_list]
+        found, times = timed(lambda v: space.search(v, 10)[0], vectors)
+        figures[f"{name}_p50_ms"], figures[f"{name}_p95_ms"] = percentiles(times)
+        if name == "code":
+            exact = ExactCodeSearch(index.codes)
+            truth = [exact.search(v, 10) for v in vectors]
+            figures["code_recall_at_10"] = round(recall_at(found, truth), 4)
+            del exact
+            # The trade-off around the shipped setting, on this build's structure (measured after the figures
+            # above, so warm): recall moves by a few thousandths from one build to another.
+            knob = space.structure.knob
+            figures["code_sweep"] = []
+            for value in {"probes": CODE_SWEEP_PROBES, "search_k": CODE_SWEEP_SEARCH_KS}.get(knob, ()):
+                found_k, times_k = timed(lambda v: space.search(v, 10, **{knob: value})[0], vectors)
+                figures["code_sweep"].append({knob: value, "recall_at_10": round(recall_at(found_k, truth), 4),
+                                              "p50_ms": percentiles(times_k)[0]})
+    _, times = timed(lambda u: index.search(io.BytesIO(u), 10, spaces=list(DEFAULT_SPACES)), uploads)
+    figures["query_server_ms"] = percentiles(times)[0]
+    _, times = timed(lambda u: index.search(io.BytesIO(u), 10, spaces=list(index.spaces)), uploads)
+    figures["query_all_spaces_ms"] = percentiles(times)[0]
+    return figures

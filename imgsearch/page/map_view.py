@@ -108,7 +108,7 @@ def map_view(index: Index) -> None:
         st.info("This index has no 2-D maps: rebuild it with scripts/build_index.py (without --no-maps).")
         return directions_ui(index)
     shown = min(len(index), MAP_POINTS)
-    st.markdown(f"Each dot is an image, placed by a 2-D map of its code (left) or its pixels (right): "
+    st.markdown("Each dot is an image, placed by a 2-D map of its code (left) or its pixels (right): "
                 + (f"a fixed sample of {shown:,} of the {len(index):,} images. " if shown < len(index) else "")
                 + "The query is the black cross, its code-space neighbours the black-edged diamonds. "
                 "Hover a larger dot for its picture; click one to make it the query.")

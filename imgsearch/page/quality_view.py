@@ -82,44 +82,54 @@ def per_class_chart(report: dict, shown: dict):
 
 
 def quality_view(index: Index) -> None:
+    """The evaluation report's figures, then where two spaces disagree on a class of this index."""
+    report_ui()
+    if index.classes:
+        disagreements_ui(index)
+
+
+def report_ui() -> None:
+    """The evaluation report (docs/evaluation.json or IMGSEARCH_EVALUATION): the table, the curves, per class."""
     import pandas as pd
 
     from imgsearch.evaluate import REPRESENTATIONS
-    from imgsearch.explore import groups_html, item_url
     from imgsearch.quality import ReportError, load_evaluation
 
     try:
         report = load_evaluation()
     except ReportError as e:
-        report = None
         st.warning(public(str(e)))
-    else:
-        if report is None:
-            st.info("No evaluation report yet: run scripts/evaluate.py --json docs/evaluation.json.")
-    if report is not None:
-        s = report["settings"]
-        st.markdown(f"Retrieval on **{s['query_items']:,}** queries from `{collection_name(s['queries'])}` against "
-                    f"**{s['database_items']:,}** images of `{collection_name(s['database'])}` (model `{s.get('model', '?')}`); "
-                    "a result is relevant when it has the query's class.")
-        shown = {key: name for key, name in REPRESENTATIONS.items() if key in report}
-        table = pd.DataFrame({name: report[key] for key, name in shown.items()}).T
-        if "bytes_per_item" in report:
-            table["bytes per image"] = [report["bytes_per_item"].get(key) for key in shown]
-        st.dataframe(table.style.format("{:.3f}", subset=[c for c in table.columns if c != "bytes per image"]),
-                     key="quality_table")
-        st.caption(f"Reconstruction MSE on the queries: {report['reconstruction_mse']:.4f} (pixels in [0, 1]).")
-        st.altair_chart(precision_chart(report, shown), width="stretch")
-        curves = report["precision_curves"]
-        if "codes_exact" in curves and "codes_served" in curves:
-            gap = float(np.max(np.abs(np.subtract(curves["codes_exact"], curves["codes_served"]))))
-            st.caption(f"“{shown['codes_served']}” (dark, dashed) lies on “{shown['codes_exact']}” (wide, light blue): "
-                       f"they differ by at most {gap:.3f} at any k.")
-        per_class = per_class_chart(report, shown)
-        if per_class is not None:
-            st.markdown("**Precision at 10, class by class**: where each representation finds the class")
-            st.altair_chart(per_class, width="stretch")
-    if not index.classes:
         return
+    if report is None:
+        st.info("No evaluation report yet: run scripts/evaluate.py --json docs/evaluation.json.")
+        return
+    s = report["settings"]
+    st.markdown(f"Retrieval on **{s['query_items']:,}** queries from `{collection_name(s['queries'])}` against "
+                f"**{s['database_items']:,}** images of `{collection_name(s['database'])}` (model `{s.get('model', '?')}`); "
+                "a result is relevant when it has the query's class.")
+    shown = {key: name for key, name in REPRESENTATIONS.items() if key in report}
+    table = pd.DataFrame({name: report[key] for key, name in shown.items()}).T
+    if "bytes_per_item" in report:
+        table["bytes per image"] = [report["bytes_per_item"].get(key) for key in shown]
+    st.dataframe(table.style.format("{:.3f}", subset=[c for c in table.columns if c != "bytes per image"]),
+                 key="quality_table")
+    st.caption(f"Reconstruction MSE on the queries: {report['reconstruction_mse']:.4f} (pixels in [0, 1]).")
+    st.altair_chart(precision_chart(report, shown), width="stretch")
+    curves = report["precision_curves"]
+    if "codes_exact" in curves and "codes_served" in curves:
+        gap = float(np.max(np.abs(np.subtract(curves["codes_exact"], curves["codes_served"]))))
+        st.caption(f"“{shown['codes_served']}” (dark, dashed) lies on “{shown['codes_exact']}” (wide, light blue): "
+                   f"they differ by at most {gap:.3f} at any k.")
+    per_class = per_class_chart(report, shown)
+    if per_class is not None:
+        st.markdown("**Precision at 10, class by class**: where each representation finds the class")
+        st.altair_chart(per_class, width="stretch")
+
+
+def disagreements_ui(index: Index) -> None:
+    """For a class, how often each space's nearest neighbour shares it, and the images two spaces disagree on."""
+    from imgsearch.explore import groups_html, item_url
+
     st.subheader("Where two searches disagree")
     names = list(index.spaces)
     a, b, c = st.columns(3)
