@@ -1,5 +1,5 @@
 """Per-item tables written to disk block by block: at a million items a table is a gigabyte, and a
-build must not hold one whole to save it (issue 11: the build's memory stays flat as the collection
+build must not hold one whole to save it (the build's memory stays flat as the collection
 grows). Both writers produce what numpy itself writes (`np.save`, `np.savez`), so `np.load` and
 `spaces.base.load_npz` read them, the latter memory-mapping the uncompressed members.
 
