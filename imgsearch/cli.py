@@ -1,7 +1,7 @@
 """The `imgsearch` command: one subcommand per stage, each only parsing arguments and calling
 the package's function for it.
 
-    imgsearch train | build-index | search | interpolate | evaluate | benchmark | serve   (imgsearch --help)
+    imgsearch train | build-index | search | duplicates | interpolate | evaluate | benchmark | serve
 
 `scripts/*.py` run the same subcommands, so `python scripts/search.py ...` and
 `imgsearch search ...` are one program.
@@ -416,10 +416,13 @@ def duplicates_arguments(p: argparse.ArgumentParser):
         except (IndexLoadError, DuplicatesError) as e:
             return fail(str(e), 2)
         print_groups(found)
-        if a.json:
-            write_json(found, a.json)
-        if a.csv:
-            write_csv(found, a.csv)
+        try:
+            if a.json:
+                write_json(found, a.json)
+            if a.csv:
+                write_csv(found, a.csv)
+        except OSError as e:
+            return fail(f"Could not write {e.filename}: {e.strerror}.", 2)
         return 0
     return run
 

@@ -10,10 +10,10 @@ batch is encoded exactly as a clean build would encode it, so a resumed build's 
 clean build's, bit for bit.
 
 A folder's files are decoded (Pillow) and encoded (torch) by one worker process per core, each
-with one torch thread, while this process writes the finished batches. An earlier version decoded
-in one process beside an encoder with a torch thread per core: three busy threads on two cores,
-and torch's threads wait for each other at every layer, so whenever the decoder had a core one
-of them waited for nothing. With a process per core, both cores do useful work all the time.
+with one torch thread, while this process writes the finished batches. One decoding process beside
+an encoder with a torch thread per core would make three busy threads on two cores, and torch's
+threads wait for each other at every layer, so whenever the decoder had a core one of them would
+wait for nothing. With a process per core, both cores do useful work all the time.
 
 `Source` is what a build reads: the files of a folder (with their sizes and modification times,
 which let `--update` tell new and changed files from the rest), or pixels already in memory

@@ -1,4 +1,4 @@
-"""Issue 10, the page: visitors cannot build from the server's folders unless the operator allows it,
+"""The page: visitors cannot build from the server's folders unless the operator allows it,
 never see absolute server paths, and a session that outlives an index swap keeps working."""
 import json
 import re

@@ -1,4 +1,4 @@
-"""Issue 10: damaged index files and metadata give one sentence, never a crash or a wrong answer;
+"""Damaged index files and metadata give one sentence, never a crash or a wrong answer;
 builds into one --out take turns, clean up after killed builds and prune by what is live."""
 import json
 import os

@@ -1,4 +1,4 @@
-"""Issue 10: no upload can exhaust the server or crash it, tiny collections get maps, and the
+"""No upload can exhaust the server or crash it, tiny collections get maps, and the
 server's defaults keep it private."""
 import io
 import json
@@ -64,7 +64,7 @@ def test_any_accepted_shape_converts_within_300_mb():
                        env=env, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     got = dict(json.loads(line) for line in r.stdout.splitlines())
-    for thin in ("1000000x1", "10000000x1"):  # a 3 KB upload used to need 5.7 GB
+    for thin in ("1000000x1", "10000000x1"):  # decoded whole, a 3 KB upload would need 5.7 GB
         assert "too thin" in got[thin] and got[thin].endswith("."), got[thin]
     assert got["16-bit 8000x8000"] == [128, 128, 128]  # full range scaled, without a float64 copy
     assert got["transparent 8000x8000"] == [255, 255, 255]

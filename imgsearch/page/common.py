@@ -19,8 +19,9 @@ ABSOLUTE_PATH = re.compile(r"(?<![\w.~/-])/[^\s`'\"()\[\]{},;]*")
 # Session keys that hold item ids, classes or space names of one build: cleared when the index is swapped.
 INDEX_STATE = ("query", "item_number", "pick_class", "spaces", "map_code", "map_pixel", "quality_class",
                "quality_first", "quality_second", "between", "directions_class", "filter_folders",
-               "filter_classes", "opened")
-CUTOFF_KEYS = ("cutoff_on_", "cutoff_")  # per space: the cutoff's switch and value, whose range is the build's
+               "filter_classes", "opened", "dup_space")
+# Per space: the cutoff's switch and value, and the duplicates threshold, whose ranges are the build's.
+CUTOFF_KEYS = ("cutoff_on_", "cutoff_", "dup_threshold_")
 
 
 def index_dir() -> str:

@@ -75,8 +75,10 @@ def duplicate_picture(index: Index, item) -> np.ndarray:
 
 
 def duplicate_group_ui(index: Index, number: int, group) -> None:
+    from imgsearch.search import printable
+
     items = group.items[:GROUP_PICTURES]
-    captions = [("★ keep · " if it.id == group.keep else "") + (it.name or f"item {it.id}") + " · " +
+    captions = [("★ keep · " if it.id == group.keep else "") + (printable(it.name) if it.name else f"item {it.id}") + " · " +
                 (f"{it.width}×{it.height}" if it.width else "no file") +
                 (f" · {it.bytes / 1024:.1f} KB" if it.bytes is not None else "") +
                 ("" if it.id == group.keep else f" · {it.distance_to_keep:.3g}") for it in items]

@@ -10,7 +10,7 @@ import streamlit as st
 
 from imgsearch.images import ImageError
 
-from .common import load_index, set_query
+from .common import load_index, public, set_query
 
 if TYPE_CHECKING:
     from imgsearch.search import Index
@@ -263,7 +263,7 @@ def search_view(index: Index, pick_col) -> None:
     try:
         results = index.search(query, k=k, spaces=spaces, **narrow)
     except (ImageError, ValueError) as e:
-        st.error(str(e))
+        st.error(public(str(e)))
         return
     except IndexError:  # an item id from before a swap that follow_index could not see (defence in depth)
         st.info("That item is not in the collection any more (the index was rebuilt); pick a new query.")

@@ -34,7 +34,7 @@ def fit_binariser(codes: np.ndarray, bits: int = BITS, *, method: str = "itq", s
         raise ValueError(f"{bits} bits need a code of at least {bits} dimensions")
     pca = fit_pca(codes, bits, max_rows=ITQ_FIT_ROWS, seed=seed)
     # tables.gather: plain fancy indexing of a memory-mapped store maps the folio around every row read,
-    # most of a million codes' 1 GB (the peak of a million build, 2,040 MB, until it read this way)
+    # most of a million codes' 1 GB (a million build's peak was 2,040 MB read that way)
     v = pca.project(tables.gather(codes, np.random.default_rng(seed).permutation(len(codes))[:ITQ_FIT_ROWS]))
     rng = np.random.default_rng(seed)
     rotation = np.linalg.qr(rng.standard_normal((bits, bits)))[0].astype(np.float32)
