@@ -35,10 +35,13 @@ ARM = """() => {
   window.__ran = false;
   if (window.__observer) window.__observer.disconnect();
   const s = document.querySelector('[data-test-script-state]');
-  window.__observer = new MutationObserver(() => {
-    if (s.getAttribute('data-test-script-state') === 'running') window.__ran = true;
+  // A run can start and finish between two callbacks (a fast run on an idle machine, or a callback late on
+  // a busy one): the records' old values still show it ran.
+  window.__observer = new MutationObserver((records) => {
+    if (s.getAttribute('data-test-script-state') === 'running'
+        || records.some(r => r.oldValue === 'running')) window.__ran = true;
   });
-  window.__observer.observe(s, {attributes: true, attributeFilter: ['data-test-script-state']});
+  window.__observer.observe(s, {attributes: true, attributeFilter: ['data-test-script-state'], attributeOldValue: true});
 }"""
 
 
