@@ -15,12 +15,8 @@ grouped the same way at imagededup's default threshold of 10 bits) run on the sa
 """
 from __future__ import annotations
 
-import os
-import platform
-import subprocess
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +25,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 from .duplicates import SPACES, SpaceVectors, bit_pairs, component_labels
 from .index import build_index
 from .million import source_images
-from .report import write_outputs
+from .report import provenance, write_outputs
 from .search import Index
 
 VARIANTS = ("resize", "jpeg", "crop", "flip", "light", "rotate", "border", "grey")
@@ -186,33 +182,6 @@ class LabelledSet:
 
 # ---- the run -------------------------------------------------------------------------------
 
-def provenance() -> dict:
-    import faiss
-    import torch
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    from importlib.metadata import PackageNotFoundError, version
-
-    def package(name):
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return None
-    return {"commit": commit, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu,
-            "cores": os.cpu_count(), "python": platform.python_version(), "torch": str(torch.__version__),
-            "numpy": np.__version__, "faiss": faiss.__version__, "annoy": package("annoy"),
-            "imagehash": package("imagehash")}
-
-
 def pick(rows: list[dict], thresholds) -> tuple[float, dict]:
     """The threshold of the largest overall F1 (the smallest such one)."""
     best = max(range(len(rows)), key=lambda n: (rows[n]["overall"]["f1"], -n))
@@ -265,7 +234,6 @@ def run_duplicates_benchmark(source=OFFLINE_TEST, model=None, *, work_dir: Path 
     if scale_index:
         report["scale"] = scale(scale_index, report["threshold"])
     report["seconds"] = round(time.perf_counter() - start, 1)
-    report["provenance"] = provenance()
     return report
 
 
@@ -371,10 +339,11 @@ def markdown(report: dict, picture: str | None) -> str:
                             for s in spaces) + "."]
     if picture:
         lines += ["", f"![found and missed pairs]({Path(picture).name})"]
-    p = report["provenance"]
-    lines += ["", f"Measured {p['date']} at commit {p['commit']} on {p['cpu']} ({p['cores']} cores); torch {p['torch']}, "
-              f"numpy {p['numpy']}, faiss {p['faiss']}, annoy {p['annoy']}, imagehash {p['imagehash']}; "
-              f"{report['seconds']} s in all.", ""]
+    p = provenance()  # the same stamp write_outputs puts in the JSON
+    v = p["versions"]
+    lines += ["", f"Measured {p['date']} at commit {p['commit']} on {p['cpu']} ({p['cores']} cores); torch {v.get('torch')}, "
+              f"numpy {v.get('numpy')}, faiss {v.get('faiss-cpu')}, annoy {v.get('annoy')}, imagehash "
+              f"{v.get('imagehash')}; {report['seconds']} s in all.", ""]
     return "\n".join(lines)
 
 

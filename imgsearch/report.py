@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # The libraries whose kernels and versions move the figures.
-VERSIONED = ("torch", "numpy", "faiss-cpu", "annoy", "streamlit", "pymilvus")
+VERSIONED = ("torch", "numpy", "faiss-cpu", "annoy", "streamlit", "pymilvus", "imagehash")
 
 
 def cpu_model() -> str:

@@ -8,15 +8,9 @@ configuration, etcd's through an etcd config file of its own, and all its files 
 """
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
-
-def free_port() -> int:
-    """A TCP port nobody listens on now (the kernel's pick; the server binds it a moment later)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from pagekit import free_port  # scripts/ is on the path wherever this module is imported
 
 
 def etcd_config(path: Path, client: int, peer: int) -> Path:
