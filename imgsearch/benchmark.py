@@ -314,6 +314,9 @@ def print_report(r: dict) -> None:
               f"(recall@10 {m['code_recall_at_10']:.3f}), bits {m['bits_p50_ms']:.2f} ms, "
               f"pca {m['pca_p50_ms']:.1f} ms; a page query {m['query_server_ms']:.0f} ms "
               f"({m['query_all_spaces_ms']:.0f} ms with every space)")
+        print(f"  near-duplicates over all {m['duplicates_items']:,} items ({m['duplicates_space']} space): "
+              f"{m['duplicates_seconds']:.0f} s, peak RSS {m['duplicates_peak_rss_mb']:,} MB, "
+              f"{m['duplicates_groups']:,} groups of {m['duplicates_pairs']:,} pairs")
 
 
 def print_collection_report(r: dict) -> None:

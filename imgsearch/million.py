@@ -99,7 +99,7 @@ def write_million(out: str | os.PathLike, items: int = ITEMS, source: str | os.P
 
 # ---- the measurement: `imgsearch benchmark --million DIR` ----------------------------------
 
-PHASES = ("clean", "resume", "queries", "update")
+PHASES = ("clean", "resume", "queries", "update", "duplicates")
 UPDATE_ITEMS = 10_000  # images added before the timed --update: a day's photos, not a new collection
 RSS_POLL_SECONDS = 0.2
 
@@ -131,8 +131,8 @@ def tree_memory_mb(pid: int) -> tuple[float, float]:
     return total / 1024, anon / 1024
 
 
-def run_build(args: list[str], *, kill_when=None) -> dict:
-    """Run `imgsearch build-index ARGS` in a subprocess: wall time, peak resident memory of its process tree,
+def run_build(args: list[str], *, kill_when=None, command: str = "build-index") -> dict:
+    """Run `imgsearch COMMAND ARGS` in a subprocess: wall time, peak resident memory of its process tree,
     and whether `kill_when()` (polled) made us SIGKILL it."""
     import signal
     import subprocess
@@ -140,7 +140,7 @@ def run_build(args: list[str], *, kill_when=None) -> dict:
     import time
 
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "imgsearch.cli", "build-index", *args],
+    proc = subprocess.Popen([sys.executable, "-m", "imgsearch.cli", command, *args],
                             stdout=subprocess.DEVNULL)
     peak, peak_anon, killed = 0.0, 0.0, False
     while proc.poll() is None:
@@ -153,7 +153,7 @@ def run_build(args: list[str], *, kill_when=None) -> dict:
             break
         time.sleep(RSS_POLL_SECONDS)
     if not killed and proc.returncode != 0:
-        raise RuntimeError(f"build-index {' '.join(args)} failed with exit code {proc.returncode}")
+        raise RuntimeError(f"{command} {' '.join(args)} failed with exit code {proc.returncode}")
     return {"seconds": time.perf_counter() - t, "peak_rss_mb": peak, "peak_anon_mb": peak_anon, "killed": killed}
 
 
@@ -176,7 +176,8 @@ def benchmark_million(collection: str | os.PathLike, model: str | os.PathLike, w
                       items: int = ITEMS, queries: int = 200, added: int = UPDATE_ITEMS, only=None) -> dict:
     """The `million` key of the benchmark report, measured end to end.
 
-    Four phases: a clean build, a build killed at half and resumed, queries, an update. Each
+    Five phases: a clean build, a build killed at half and resumed, queries, an update, and the
+    whole-collection near-duplicate pass (`imgsearch duplicates` at its defaults). Each
     finished phase's figures are kept in WORK/million-phases.json with the load average at its
     start (other work on the machine shows there), so an interrupted run given the same work
     folder continues with the next phase; delete an entry to measure that phase again. `only`
@@ -187,7 +188,8 @@ def benchmark_million(collection: str | os.PathLike, model: str | os.PathLike, w
     run = MillionRun(write_million(collection, items), model, work, items=items, queries=queries, added=added)
     # A first run builds first; a later one measures queries and the update on the index it finds before
     # rebuilding it, so that a clean build measured again can be compared with a resumed one at once.
-    order = ("clean", "resume", "queries", "update") if not run.out.exists() else ("queries", "update", "clean", "resume")
+    order = (("clean", "resume", "queries", "update", "duplicates") if not run.out.exists()
+             else ("queries", "update", "duplicates", "clean", "resume"))
     for name in order:
         if only is None or name in only:
             if only is not None:
@@ -299,6 +301,21 @@ class MillionRun:
             for folder in folders:
                 shutil.rmtree(folder, ignore_errors=True)
         self.record("update", **figures)
+
+
+    def duplicates_phase(self) -> None:
+        import json
+
+        if not self.pending("duplicates"):
+            return
+        found_file = self.work / "million-duplicates.json"
+        run = run_build(["--index", str(self.out), "--json", str(found_file)], command="duplicates")
+        found = json.loads(found_file.read_text())
+        self.record("duplicates", duplicates_seconds=round(run["seconds"], 1),
+                    duplicates_peak_rss_mb=round(run["peak_rss_mb"]), duplicates_peak_anon_mb=round(run["peak_anon_mb"]),
+                    duplicates_space=found["space"], duplicates_threshold=found["threshold"],
+                    duplicates_pairs=found["pairs"], duplicates_groups=len(found["groups"]),
+                    duplicates_items=found["items"])
 
 
 def measure_queries(out: Path, queries: int) -> dict:

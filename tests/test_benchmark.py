@@ -87,7 +87,7 @@ def test_the_million_run_measures_its_phases_and_measures_one_again_on_request(t
         assert "million: 300 JPEGs built" in r.stdout
         return json.loads(out.read_text())["million"]
 
-    first = million("clean,queries,update")
+    first = million("clean,queries,update,duplicates")
     assert first["indexed"] == 300 and first["build_images_per_s"] > 0 and first["build_peak_anon_mb"] > 0
     assert first["code_p50_ms"] > 0 and 0 < first["code_recall_at_10"] <= 1 and first["load_seconds"] > 0
     assert [row["search_k"] for row in first["code_sweep"]] == [8000, 10000, 13000, 16000]  # on Annoy's trees
@@ -98,6 +98,9 @@ def test_the_million_run_measures_its_phases_and_measures_one_again_on_request(t
         ids, dists = index.spaces["code"].search(index.codes[q], 10, search_k=16_000)
         assert exact_up_to_ties(np.asarray(index.codes), index.codes[q], ids, dists, 10)
     assert (first["update_added"], first["update_unchanged"], first["update_items"]) == (3, 300, 303)
+    # the duplicates pass runs on the updated index, in its own process, at the command's defaults
+    assert first["duplicates_items"] == 303 and first["duplicates_seconds"] > 0 and first["duplicates_peak_rss_mb"] > 0
+    assert first["duplicates_groups"] <= first["duplicates_pairs"] and first["duplicates_space"] in ("bits", "code", "pixel")
     assert "resume_overhead" not in first  # not asked for, never measured
     again = million("update")
     assert {k: again[k] for k in first if k.startswith(("build_", "clean_"))} == \
